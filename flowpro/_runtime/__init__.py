@@ -1,0 +1,1 @@
+"""The node: producers, executor and the leader's periodic work."""

@@ -1,0 +1,223 @@
+"""Run one job and turn its outcome into an Ack (sync in a thread, async on the node's loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import dataclasses
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any
+
+from flowpro.errors import ArgsError, CodecError, FlowproError, WorkerNotFound
+from flowpro.job import Ack, Cancel, Discard, Job, JobState, Snooze, error_entry, utcnow
+from flowpro.worker import Worker, resolve_worker
+
+log = logging.getLogger("flowpro.executor")
+
+MAX_TRACEBACK = 4_000
+
+Clock = Callable[[], datetime]
+
+
+class JobTimeout(FlowproError, TimeoutError):
+    """An attempt ran longer than its worker's ``timeout``."""
+
+
+# Preparing and concluding an attempt
+
+
+def prepare(job: Job) -> tuple[type[Worker] | None, Job | Ack]:
+    """Return the worker class and the job as ``process`` sees it, or the Ack ending it now."""
+    try:
+        cls = resolve_worker(job.worker)
+    except WorkerNotFound as exc:
+        return None, _terminal(job, JobState.DISCARDED, str(exc), kind="worker_not_found")
+    try:
+        args = cls.load_args(job)
+    except ArgsError as exc:
+        # Args that no longer validate cannot succeed on a retry.
+        return cls, _terminal(job, JobState.DISCARDED, f"args are no longer valid: {exc}", kind="args")
+    except CodecError as exc:
+        return cls, _terminal(job, JobState.DISCARDED, str(exc), kind=type(exc).__name__)
+    return cls, (job if args is job.args else dataclasses.replace(job, args=args))
+
+
+def conclude(cls: type[Worker], worker: Worker, job: Job, result: Any, now: datetime) -> Ack:
+    """Return the Ack for a ``process`` call that returned ``result``."""
+    if isinstance(result, Snooze):
+        return Ack(
+            id=job.id,
+            attempt=job.attempt,
+            state=JobState.SCHEDULED,
+            at=now,
+            scheduled_at=now + timedelta(seconds=max(0.0, float(result.seconds))),
+            # A snooze is not a failure: give the attempt back.
+            max_attempts=job.max_attempts + 1,
+        )
+    if isinstance(result, Cancel):
+        return _terminal(job, JobState.CANCELLED, result.reason, kind="cancel", now=now)
+    if isinstance(result, Discard):
+        return _terminal(job, JobState.DISCARDED, result.reason, kind="discard", now=now)
+    try:
+        recorded = cls.pack_output(job, result)
+    except CodecError as exc:
+        return fail(worker, job, exc, now)
+    return Ack(id=job.id, attempt=job.attempt, state=JobState.COMPLETED, at=now, recorded=recorded)
+
+
+def fail(worker: Worker | None, job: Job, exc: BaseException, now: datetime) -> Ack:
+    """Return the Ack for an attempt that raised ``exc``: retryable with backoff, or discarded."""
+    entry = error_entry(job.attempt, now, _describe(exc))
+    if not isinstance(exc, CodecError | JobTimeout):
+        entry["traceback"] = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:]
+    errors = [*job.errors, entry]
+    if job.attempt >= job.max_attempts:
+        return Ack(id=job.id, attempt=job.attempt, state=JobState.DISCARDED, at=now, errors=errors)
+    try:
+        delay = float(worker.backoff(job)) if worker is not None else 15.0
+    except Exception:
+        log.exception("backoff() of %s failed; retrying in 15 s", job.worker)
+        delay = 15.0
+    return Ack(
+        id=job.id,
+        attempt=job.attempt,
+        state=JobState.RETRYABLE,
+        at=now,
+        scheduled_at=now + timedelta(seconds=max(0.0, delay)),
+        errors=errors,
+    )
+
+
+def _terminal(
+    job: Job, state: JobState, message: str, *, kind: str, now: datetime | None = None
+) -> Ack:
+    at = now or utcnow()
+    errors = [*job.errors, error_entry(job.attempt, at, message, kind=kind)]
+    return Ack(id=job.id, attempt=job.attempt, state=state, at=at, errors=errors)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# Running
+
+
+def run_sync(job: Job, clock: Clock = utcnow) -> Ack:
+    """Run one job in this thread (sync workers; async ones get a private loop)."""
+    cls, prepared = prepare(job)
+    if isinstance(prepared, Ack):
+        return prepared
+    assert cls is not None  # noqa: S101 - prepare returns a class with every Job
+    worker = cls()
+    try:
+        if cls.is_async:
+            result = asyncio.run(_call_async(worker, prepared, cls.timeout))
+        else:
+            result = worker.process(prepared)
+    except Exception as exc:
+        return fail(worker, prepared, exc, clock())
+    return conclude(cls, worker, prepared, result, clock())
+
+
+async def run_async(job: Job, clock: Clock = utcnow) -> Ack:
+    """Run one job of an ``async def`` worker on the current loop, with its timeout."""
+    cls, prepared = prepare(job)
+    if isinstance(prepared, Ack):
+        return prepared
+    assert cls is not None  # noqa: S101
+    worker = cls()
+    try:
+        result = await _call_async(worker, prepared, cls.timeout)
+    except Exception as exc:
+        return fail(worker, prepared, exc, clock())
+    return conclude(cls, worker, prepared, result, clock())
+
+
+async def _call_async(worker: Worker, job: Job, timeout: float | None) -> Any:
+    if timeout is None:
+        return await worker.process(job)
+    try:
+        return await asyncio.wait_for(worker.process(job), timeout)
+    except TimeoutError:
+        raise JobTimeout(f"attempt timed out after {timeout:g}s") from None
+
+
+class Executor:
+    """Runs sync workers in a thread pool and async workers on one event-loop thread.
+
+    ``on_done(job, ack)`` is called from the running thread when an attempt ends.
+    """
+
+    def __init__(self, *, threads: int, on_done: Callable[[Job, Ack], None], clock: Clock) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="flowpro")
+        self._on_done = on_done
+        self._clock = clock
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
+        self.threads: dict[int, int] = {}  # job id -> thread ident, to interrupt on timeout
+
+    def submit(self, job: Job) -> None:
+        """Start one attempt."""
+        try:
+            is_async = resolve_worker(job.worker).is_async
+        except WorkerNotFound:
+            is_async = False
+        if is_async:
+            future = asyncio.run_coroutine_threadsafe(run_async(job, self._clock), self._event_loop())
+            future.add_done_callback(lambda f: self._finish(job, f))
+        else:
+            self._pool.submit(self._run_in_thread, job)
+
+    def _run_in_thread(self, job: Job) -> None:
+        self.threads[job.id] = threading.get_ident()
+        try:
+            ack = run_sync(job, self._clock)
+        except BaseException as exc:  # JobTimeout injected by interrupt(), or worse
+            ack = fail(None, job, exc if isinstance(exc, Exception) else JobTimeout(str(exc)), self._clock())
+        finally:
+            self.threads.pop(job.id, None)
+        self._on_done(job, ack)
+
+    def _finish(self, job: Job, future: Future[Ack]) -> None:
+        try:
+            ack = future.result()
+        except BaseException as exc:
+            ack = fail(None, job, exc, self._clock())
+        self._on_done(job, ack)
+
+    def interrupt(self, job_id: int) -> bool:
+        """Raise JobTimeout inside the thread running ``job_id`` (takes effect at the next
+        Python bytecode; a blocking C call finishes first)."""
+        ident = self.threads.get(job_id)
+        if ident is None:
+            return False
+        done = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(ident), ctypes.py_object(JobTimeout)
+        )
+        return bool(done == 1)
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._loop_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="flowpro-async", daemon=True
+                )
+                thread.start()
+                self._loop = loop
+            return self._loop
+
+    def shutdown(self) -> None:
+        """Stop accepting attempts; running ones go on in their threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._loop_lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)

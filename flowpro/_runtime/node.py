@@ -1,0 +1,180 @@
+"""A node: producers per queue plus the periodic work (heartbeat, leader, stage, rescue, prune, cron)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from flowpro.job import utcnow
+from flowpro.storage.base import Storage
+
+from flowpro._runtime.cron import Cron, CronEntry
+from flowpro._runtime.leader import Leader
+from flowpro._runtime.lifeline import Lifeline
+from flowpro._runtime.producer import Producer
+from flowpro._runtime.pruner import Pruner
+from flowpro._runtime.stager import Stager
+
+log = logging.getLogger("flowpro.node")
+
+
+class NodeConfig(BaseModel):
+    """Timing of a node; the defaults suit production, tests shorten them.
+
+    Example:
+        >>> NodeConfig(rescue_after=2.0).heartbeat_interval
+        1.0
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    poll_interval: float | None = Field(default=None, gt=0)
+    heartbeat_interval: float = Field(default=1.0, gt=0)
+    rescue_after: float = Field(default=10.0, gt=0)
+    rescue_interval: float = Field(default=1.0, gt=0)
+    leader_ttl: float = Field(default=5.0, gt=0)
+    stage_interval: float = Field(default=1.0, gt=0)
+    prune_interval: float = Field(default=60.0, gt=0)
+    retention: timedelta = timedelta(days=7)
+    cron_interval: float = Field(default=1.0, gt=0)
+    shutdown_grace: float = Field(default=15.0, ge=0)
+    idle_check_interval: float = Field(default=0.05, gt=0)
+
+
+def node_name(prefix: str | None = None) -> str:
+    """Return a node name unique to this process and call: host, pid and a random suffix."""
+    base = prefix or socket.gethostname()
+    return f"{base}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+
+
+class Node:
+    """Runs queues against one storage until stopped."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        queues: Mapping[str, int],
+        config: NodeConfig,
+        name: str | None = None,
+        cron: Sequence[CronEntry] = (),
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.storage = storage
+        self.queues = dict(queues)
+        self.config = config
+        self.name = name or node_name()
+        self.clock = clock
+        poll = config.poll_interval or (0.05 if storage.dialect == "sqlite" else 1.0)
+        self.producers = [
+            Producer(storage, queue=q, limit=n, node=self.name, poll_interval=poll, clock=clock)
+            for q, n in self.queues.items()
+        ]
+        self.lifeline = Lifeline(storage, self.name, list(self.queues), rescue_after=config.rescue_after)
+        self.leader = Leader(storage, self.name, ttl=config.leader_ttl)
+        self.stager = Stager(storage)
+        self.pruner = Pruner(storage, retention=config.retention)
+        self.cron = Cron(storage, cron, since=clock())
+        self._stop = threading.Event()
+        self._maintenance = threading.Thread(target=self._maintain, name="flowpro-node", daemon=True)
+        self._started = False
+
+    # Lifecycle
+
+    def start(self) -> None:
+        """Register the node (fails fast when the database is unreachable) and start working."""
+        self.lifeline.beat(self.clock())
+        self.storage.subscribe(self._wake)
+        for producer in self.producers:
+            producer.start()
+        self._maintenance.start()
+        self._started = True
+        log.info("node %s started: %s", self.name, self.queues)
+
+    def _wake(self, queue: str) -> None:
+        for producer in self.producers:
+            producer.wake(queue)
+
+    def wait(self, stop: threading.Event, *, until_idle: bool = False) -> None:
+        """Block until ``stop`` is set, or (``until_idle``) nothing is left to run."""
+        while not stop.wait(self.config.idle_check_interval if until_idle else 0.5):
+            if until_idle and self.idle():
+                return
+
+    def idle(self) -> bool:
+        """Return whether nothing in this node's queues is runnable, running or unacked."""
+        if any(p.busy() for p in self.producers):
+            return False
+        try:
+            pending = self.storage.count_pending(list(self.queues), now=self.clock())
+        except Exception as exc:
+            log.warning("idle check failed (%s)", exc)
+            return False
+        return pending == 0 and not any(p.busy() for p in self.producers)
+
+    def stop(self) -> None:
+        """Stop claiming, let running attempts finish within the grace period, hand back the rest."""
+        if not self._started:
+            return
+        self._started = False
+        for producer in self.producers:
+            producer.stop_claiming()
+        deadline = time.monotonic() + self.config.shutdown_grace
+        while any(p.busy() for p in self.producers) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._stop.set()
+        unfinished: list[int] = []
+        for producer in self.producers:
+            unfinished.extend(producer.halt())
+        self.storage.unsubscribe(self._wake)
+        self._maintenance.join(timeout=5)
+        try:
+            if unfinished:
+                handed = self.storage.hand_back_jobs(self.name, unfinished, now=self.clock())
+                log.warning("handed back %d unfinished job(s)", handed)
+            self.leader.resign()
+            self.storage.remove_node(self.name)
+        except Exception as exc:  # the lifeline of another node rescues them instead
+            log.warning("clean shutdown incomplete (%s); jobs will be rescued", exc)
+        log.info("node %s stopped", self.name)
+
+    # Periodic work
+
+    def _maintain(self) -> None:
+        cfg = self.config
+        last: dict[str, float] = {}
+
+        def due(task: str, interval: float) -> bool:
+            now = time.monotonic()
+            if now - last.get(task, -1e9) >= interval:
+                last[task] = now
+                return True
+            return False
+
+        step = min(cfg.heartbeat_interval, cfg.stage_interval, cfg.rescue_interval, 0.5)
+        while not self._stop.wait(step):
+            try:
+                if due("beat", cfg.heartbeat_interval):
+                    self.lifeline.beat(self.clock())
+                    self.leader.tick(self.clock())
+                if not self.leader.is_leader:
+                    continue
+                if due("stage", cfg.stage_interval):
+                    self.stager.tick(self.clock())
+                if due("rescue", cfg.rescue_interval):
+                    self.lifeline.rescue(self.clock())
+                if due("cron", cfg.cron_interval):
+                    self.cron.tick(self.clock())
+                if due("prune", cfg.prune_interval):
+                    self.pruner.tick(self.clock())
+            except Exception as exc:
+                # The database may be down: keep going, every task retries on its next tick.
+                log.warning("periodic work failed (%s); retrying", exc)

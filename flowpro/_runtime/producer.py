@@ -1,0 +1,192 @@
+"""One producer per queue: claims jobs up to its limit, runs them, acks in bulk."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from flowpro.errors import WorkerNotFound
+from flowpro.job import Ack, Job
+from flowpro.storage.base import Storage
+from flowpro.worker import resolve_worker
+
+from flowpro._runtime.executor import Executor, JobTimeout, fail
+
+log = logging.getLogger("flowpro.producer")
+
+
+@dataclass(slots=True)
+class _Running:
+    job: Job
+    deadline: float | None  # time.monotonic() after which a sync attempt is timed out
+
+
+class Producer:
+    """Claims and runs the jobs of one queue on one node, at most ``limit`` at a time.
+
+    Finished attempts are acked together with the next claim, in one transaction, so a busy
+    queue costs one commit per round rather than one per job.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        queue: str,
+        limit: int,
+        node: str,
+        poll_interval: float,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.storage = storage
+        self.queue = queue
+        self.limit = limit
+        self.node = node
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self.executor = Executor(threads=limit, on_done=self._done, clock=clock)
+        self._lock = threading.Lock()
+        self._event = threading.Event()
+        self._acks: list[Ack] = []
+        self._running: dict[int, _Running] = {}
+        self._abandoned: set[int] = set()
+        self._fetch_wanted = True
+        self._stopping = False
+        self._halted = False
+        self._thread = threading.Thread(target=self._loop, name=f"flowpro-{queue}", daemon=True)
+        self.completed = 0
+
+    # Control
+
+    def start(self) -> None:
+        """Start the producer thread."""
+        self._thread.start()
+
+    def wake(self, queue: str) -> None:
+        """Note that jobs of ``queue`` may be available (called by wake-ups)."""
+        if queue == self.queue:
+            self._fetch_wanted = True
+            self._event.set()
+
+    def stop_claiming(self) -> None:
+        """Claim nothing more; running attempts go on and are acked."""
+        self._stopping = True
+        self._event.set()
+
+    def busy(self) -> bool:
+        """Return whether attempts are running or acks are waiting to be written."""
+        with self._lock:
+            return bool(self._running) or bool(self._acks)
+
+    def halt(self) -> list[int]:
+        """Stop the loop after a last flush; return the ids of attempts still running."""
+        self._halted = True
+        self._event.set()
+        self._thread.join(timeout=10)
+        with self._lock:
+            ids = [i for i in self._running if i not in self._abandoned]
+            self._abandoned.update(ids)
+        self.executor.shutdown()
+        return ids
+
+    # Attempts
+
+    def _done(self, job: Job, ack: Ack) -> None:
+        with self._lock:
+            self._running.pop(job.id, None)
+            if job.id in self._abandoned:
+                # Already acked as timed out (or handed back): this late result changes nothing.
+                self._abandoned.discard(job.id)
+            else:
+                self._acks.append(ack)
+        self._event.set()
+
+    def _deadline(self, job: Job) -> float | None:
+        try:
+            cls = resolve_worker(job.worker)
+        except WorkerNotFound:
+            return None
+        if cls.timeout is None or cls.is_async:  # async attempts time out on their loop
+            return None
+        return time.monotonic() + cls.timeout
+
+    def _expire(self) -> float | None:
+        """Ack attempts past their deadline as timed out; return the next deadline."""
+        now = time.monotonic()
+        upcoming = None
+        with self._lock:
+            for job_id, running in self._running.items():
+                if running.deadline is None or job_id in self._abandoned:
+                    continue
+                if running.deadline <= now:
+                    cls = resolve_worker(running.job.worker)
+                    exc = JobTimeout(f"attempt timed out after {cls.timeout:g}s")
+                    self._acks.append(fail(cls(), running.job, exc, self.clock()))
+                    self._abandoned.add(job_id)
+                    self.executor.interrupt(job_id)
+                elif upcoming is None or running.deadline < upcoming:
+                    upcoming = running.deadline
+        return upcoming
+
+    # The loop
+
+    def _loop(self) -> None:
+        failures = 0
+        last_poll = time.monotonic()
+        while True:
+            self._event.clear()
+            upcoming = self._expire()
+            with self._lock:
+                acks, self._acks = self._acks, []
+                running = len(self._running)
+            demand = 0 if (self._stopping or self._halted) else self.limit - running
+            fetch = demand > 0 and self._fetch_wanted
+            if acks or fetch:
+                try:
+                    _applied, jobs = self.storage.ack_and_fetch(
+                        acks, self.queue, demand=demand if fetch else 0, node=self.node,
+                        now=self.clock(),
+                    )
+                except Exception as exc:
+                    with self._lock:
+                        self._acks[:0] = acks  # keep them: nothing was written
+                    failures += 1
+                    delay = min(0.1 * 2**failures, 5.0)
+                    log.warning("queue %s: database call failed (%s); retrying in %.1fs",
+                                self.queue, exc, delay)
+                    if self._halted:
+                        return
+                    self._event.wait(delay)
+                    continue
+                failures = 0
+                self.completed += len(acks)
+                if fetch:
+                    self._fetch_wanted = len(jobs) == demand
+                if jobs:
+                    with self._lock:
+                        for job in jobs:
+                            self._running[job.id] = _Running(job, self._deadline(job))
+                    for job in jobs:
+                        self.executor.submit(job)
+                    continue
+            if self._halted:
+                return
+            next_poll = last_poll + self.poll_interval
+            wake_at = next_poll if upcoming is None else min(next_poll, upcoming)
+            self._event.wait(max(0.0, wake_at - time.monotonic()))
+            if time.monotonic() >= next_poll:
+                last_poll = time.monotonic()
+                if not self._stopping:
+                    self._poll()
+
+    def _poll(self) -> None:
+        try:
+            # Only ever raise the flag here: a wake-up may have raised it meanwhile.
+            if self.storage.has_available(self.queue):
+                self._fetch_wanted = True
+        except Exception as exc:
+            log.warning("queue %s: poll failed (%s)", self.queue, exc)

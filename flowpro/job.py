@@ -1,0 +1,233 @@
+"""The job data model: states, saved jobs, unsaved jobs, outcomes and acks. No I/O."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from flowpro.errors import ArgsError
+
+
+class JobState(StrEnum):
+    """Every state a job can be in.
+
+    Example:
+        >>> JobState("completed") is JobState.COMPLETED
+        True
+    """
+
+    SCHEDULED = "scheduled"
+    AVAILABLE = "available"
+    EXECUTING = "executing"
+    RETRYABLE = "retryable"
+    COMPLETED = "completed"
+    DISCARDED = "discarded"
+    CANCELLED = "cancelled"
+    SUSPENDED = "suspended"
+
+
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.DISCARDED, JobState.CANCELLED})
+
+
+def utcnow() -> datetime:
+    """Return the current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def seconds(value: float | timedelta) -> float:
+    """Return a duration given as seconds or a timedelta, in seconds."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A saved job: one row of the jobs table.
+
+    During ``process`` the ``args`` of a structured worker are its model instance; everywhere
+    else they are the stored JSON object.
+
+    Example:
+        >>> job = fp.get_job(7)          # doctest: +SKIP
+        >>> job.state, job.attempt       # doctest: +SKIP
+        ('completed', 1)
+    """
+
+    id: int
+    state: JobState
+    queue: str
+    worker: str
+    args: Any
+    meta: dict[str, Any]
+    tags: list[str]
+    errors: list[dict[str, Any]]
+    attempt: int
+    max_attempts: int
+    priority: int
+    attempted_by: str | None
+    inserted_at: datetime
+    scheduled_at: datetime
+    attempted_at: datetime | None = None
+    completed_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    discarded_at: datetime | None = None
+    recorded: bytes | None = field(default=None, repr=False)
+
+    def at_once(self) -> bool:
+        """Return whether the job was saved ready to run."""
+        return self.state is JobState.AVAILABLE
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the job as a JSON-friendly dict (times as ISO-8601 strings).
+
+        Example:
+            >>> fp.get_job(7).to_dict()["state"]   # doctest: +SKIP
+            'completed'
+        """
+        out: dict[str, Any] = {}
+        for name in _JOB_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif name == "args" and hasattr(value, "model_dump"):
+                value = value.model_dump(mode="json")
+            out[name] = value
+        out["state"] = str(self.state)
+        return out
+
+
+_JOB_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f != "recorded")
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """An unsaved job built by ``Worker.new``; ``fp.insert`` saves it.
+
+    ``args_json`` is the canonical encoding, computed once when the job is built so that bad
+    args fail in the caller's stack and bulk inserts pay for encoding only once.
+
+    Example:
+        >>> new = Fetch.new({"url": "https://x"}, schedule_in=60)   # doctest: +SKIP
+        >>> fp.insert(new).state                                     # doctest: +SKIP
+        'scheduled'
+    """
+
+    worker: str
+    queue: str
+    args: dict[str, Any]
+    args_json: str
+    meta: dict[str, Any]
+    meta_json: str
+    tags: list[str]
+    priority: int
+    max_attempts: int
+    schedule_in: float | None = None
+    scheduled_at: datetime | None = None
+
+    def resolve_scheduled_at(self, now: datetime) -> datetime:
+        """Return when the job becomes available, given the insert time."""
+        if self.scheduled_at is not None:
+            return self.scheduled_at
+        if self.schedule_in:
+            return now + timedelta(seconds=self.schedule_in)
+        return now
+
+
+@dataclass(frozen=True, slots=True)
+class Snooze:
+    """Return from ``process`` to run the job again later without counting a failure.
+
+    Example:
+        >>> Snooze(30)
+        Snooze(seconds=30)
+    """
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Return from ``process`` to stop the job for good, in state ``cancelled``.
+
+    Example:
+        >>> Cancel("account closed")
+        Cancel(reason='account closed')
+    """
+
+    reason: str = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Discard:
+    """Return from ``process`` to give up on the job, in state ``discarded``.
+
+    Example:
+        >>> Discard("bad input")
+        Discard(reason='bad input')
+    """
+
+    reason: str = "discarded"
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The outcome of one attempt, written back fenced by ``(id, attempt)``.
+
+    An ack applies only while the row is still ``executing`` with the same attempt, so the
+    late ack of an attempt that was rescued (or cancelled) changes nothing.
+    """
+
+    id: int
+    attempt: int
+    state: JobState
+    at: datetime
+    scheduled_at: datetime | None = None
+    errors: list[dict[str, Any]] | None = None
+    max_attempts: int | None = None
+    recorded: bytes | None = None
+
+
+# JSON codec for args and meta
+
+
+def encode_json(value: Any, *, what: str = "args") -> str:
+    """Encode ``value`` as strict JSON, or raise ArgsError naming what is wrong.
+
+    NaN and infinities, non-string keys, sets, bytes and other non-JSON values are refused,
+    and so is the NUL character (PostgreSQL's JSON cannot store it), so both backends accept
+    exactly the same args.
+
+    Example:
+        >>> encode_json({"a": 1})
+        '{"a":1}'
+    """
+    try:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False, default=_refuse)
+    except ArgsError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ArgsError(f"{what} are not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise ArgsError(f"{what} are nested too deeply to encode as JSON") from None
+    if "\\u0000" in text:
+        raise ArgsError(f"{what} contain the NUL character (\\u0000), which cannot be stored")
+    return text
+
+
+def _refuse(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ArgsError(f"args contain a non-finite number: {value!r}")
+    raise ArgsError(
+        f"args are not JSON-serialisable: a value of type {type(value).__name__} "
+        "(use str, int, float, bool, None, list or dict)"
+    )
+
+
+def error_entry(attempt: int, at: datetime, message: str, *, kind: str = "error") -> dict[str, Any]:
+    """Build one entry of ``job.errors``."""
+    return {"attempt": attempt, "at": at.isoformat(), "kind": kind, "error": message}

@@ -1,0 +1,130 @@
+"""The Storage port: everything flowpro needs from a database, one adapter per dialect."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from flowpro.job import Ack, Job, JobState, NewJob
+
+Wakeup = Callable[[str], None]
+
+
+class Storage(Protocol):
+    """Everything flowpro needs from a database. Domain objects in and out, never rows."""
+
+    dialect: str
+    url: str
+
+    # Schema
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest version (alembic upgrade head)."""
+
+    def schema_is_current(self) -> bool:
+        """Return whether the schema is at the newest version."""
+
+    def close(self) -> None:
+        """Release connections and stop the listener."""
+
+    # Jobs
+
+    def insert_jobs(self, jobs: Sequence[NewJob], *, conn: Any = None) -> list[Job]:
+        """Insert jobs in one transaction (the caller's when ``conn`` is given)."""
+
+    def get_job(self, job_id: int) -> Job | None:
+        """Return the job, or None."""
+
+    def list_jobs(
+        self,
+        *,
+        states: Sequence[str] = (),
+        queues: Sequence[str] = (),
+        workers: Sequence[str] = (),
+        limit: int = 100,
+        newest_first: bool = True,
+    ) -> list[Job]:
+        """Return jobs matching every filter given."""
+
+    def count_jobs(self) -> dict[str, int]:
+        """Return the number of jobs per state."""
+
+    def fetch_jobs(
+        self, queue: str | None, *, demand: int, node: str, now: datetime
+    ) -> list[Job]:
+        """Claim up to ``demand`` available jobs of ``queue`` (any queue when None)."""
+
+    def ack_jobs(self, acks: Sequence[Ack]) -> list[int]:
+        """Write outcomes back, fenced by (id, attempt); return the ids that applied."""
+
+    def ack_and_fetch(
+        self, acks: Sequence[Ack], queue: str, *, demand: int, node: str, now: datetime
+    ) -> tuple[list[int], list[Job]]:
+        """Ack finished attempts and claim new jobs in one transaction."""
+
+    def prune_nodes(self, *, before: datetime) -> int:
+        """Forget nodes not seen since ``before``."""
+
+    def has_available(self, queue: str) -> bool:
+        """Return whether the queue has an available job (cheap, takes no write lock)."""
+
+    def stage_jobs(self, *, now: datetime, limit: int = 5_000) -> list[str]:
+        """Make due scheduled and retryable jobs available; return the queues touched."""
+
+    def rescue_jobs(self, *, now: datetime, alive_since: datetime) -> int:
+        """Return executing jobs of nodes not seen since ``alive_since`` to the queue."""
+
+    def hand_back_jobs(self, node: str, ids: Sequence[int], *, now: datetime) -> int:
+        """Return unfinished jobs of a node that is shutting down, without using an attempt."""
+
+    def prune_jobs(self, *, before: datetime, limit: int = 10_000) -> int:
+        """Delete terminal jobs that finished before ``before``."""
+
+    def cancel_job(self, job_id: int, *, now: datetime) -> Job | None:
+        """Cancel a job that has not finished; return it (None when missing)."""
+
+    def retry_job(self, job_id: int, *, now: datetime) -> Job | None:
+        """Make a job available again; return it (None when missing)."""
+
+    def count_pending(self, queues: Sequence[str], *, now: datetime) -> int:
+        """Count jobs of the queues that are runnable now or executing."""
+
+    # Nodes, leadership, cron
+
+    def heartbeat(self, node: str, *, queues: Sequence[str], now: datetime) -> None:
+        """Record that the node is alive."""
+
+    def remove_node(self, node: str) -> None:
+        """Forget a node that stopped cleanly."""
+
+    def live_nodes(self, *, alive_since: datetime) -> list[str]:
+        """Return the names of nodes seen since ``alive_since``."""
+
+    def acquire_leader(self, node: str, *, now: datetime, ttl: float) -> bool:
+        """Take or extend the leader lease; return whether ``node`` is the leader."""
+
+    def resign_leader(self, node: str) -> None:
+        """Give up the lease if ``node`` holds it."""
+
+    def insert_cron_job(self, name: str, tick: datetime, job: NewJob) -> Job | None:
+        """Insert the job of one cron tick unless that tick was inserted already."""
+
+    def prune_cron_ticks(self, *, before: datetime) -> int:
+        """Forget cron ticks older than ``before``."""
+
+    # Wake-ups
+
+    def subscribe(self, wakeup: Wakeup) -> None:
+        """Call ``wakeup(queue)`` when jobs of that queue may have become available."""
+
+    def unsubscribe(self, wakeup: Wakeup) -> None:
+        """Stop calling ``wakeup``."""
+
+    def notify(self, queues: Sequence[str]) -> None:
+        """Tell every node that jobs of these queues may be available."""
+
+
+def state_of(value: str) -> JobState:
+    """Return the JobState for a stored state string."""
+    return JobState(value)

@@ -1,0 +1,283 @@
+"""The PostgreSQL adapter: SKIP LOCKED claiming, bulk unnest writes, LISTEN/NOTIFY wake-ups."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+from flowpro.errors import ConfigError
+from flowpro.job import Ack, Job, NewJob
+from flowpro.storage._sql import ACK_SET, JOB_COLUMNS, SqlStorage
+
+log = logging.getLogger("flowpro.storage")
+
+CHANNEL = "flowpro_jobs"
+# Transient errors worth retrying the whole transaction for: serialization failure, deadlock,
+# and the connection-level classes (the pool reconnects on the next checkout).
+TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "08000", "08003", "08006", "08001", "08004"}
+
+_CLAIM = (
+    "WITH picked AS (SELECT id FROM flowpro_jobs WHERE state = 'available' {queue} "
+    "ORDER BY priority, scheduled_at, id LIMIT %(demand)s FOR UPDATE SKIP LOCKED) "
+    "UPDATE flowpro_jobs AS j SET state = 'executing', attempt = j.attempt + 1, "
+    "attempted_at = %(now)s, attempted_by = %(node)s FROM picked WHERE j.id = picked.id "
+    "RETURNING " + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+)
+CLAIM_QUEUE = _CLAIM.format(queue="AND queue = %(queue)s")
+CLAIM_ANY = _CLAIM.format(queue="")
+ACK = (
+    f"UPDATE flowpro_jobs AS j SET {ACK_SET.format(v='v.', t='j.', errors='v.errors::jsonb')} "
+    "FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(states)s::text[], "
+    "%(ats)s::timestamptz[], %(scheduled)s::timestamptz[], %(errors)s::text[], "
+    "%(maxes)s::int[], %(recorded)s::bytea[]) "
+    "AS v(id, attempt, state, at, scheduled_at, errors, max_attempts, recorded) "
+    "WHERE j.id = v.id AND j.attempt = v.attempt AND j.state = 'executing' RETURNING j.id"
+)
+INSERT_MANY = (
+    "INSERT INTO flowpro_jobs (id, state, queue, worker, args, meta, tags, errors, attempt, "
+    "max_attempts, priority, inserted_at, scheduled_at) "
+    "SELECT t.id, t.state, t.queue, t.worker, t.args::jsonb, t.meta::jsonb, t.tags::jsonb, "
+    "'[]'::jsonb, 0, t.max_attempts, t.priority, %(now)s, t.scheduled_at "
+    "FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(queues)s::text[], "
+    "%(workers)s::text[], %(args)s::text[], %(metas)s::text[], %(tags)s::text[], "
+    "%(maxes)s::int[], %(priorities)s::int[], %(scheduled)s::timestamptz[]) "
+    "AS t(id, state, queue, worker, args, meta, tags, max_attempts, priority, scheduled_at)"
+)
+INSERT_ONE = (
+    "INSERT INTO flowpro_jobs (state, queue, worker, args, meta, tags, errors, attempt, "
+    "max_attempts, priority, inserted_at, scheduled_at) VALUES (%(state)s, %(queue)s, "
+    "%(worker)s, %(args)s::jsonb, %(meta)s::jsonb, %(tags)s::jsonb, '[]'::jsonb, 0, "
+    "%(max_attempts)s, %(priority)s, %(now)s, %(scheduled_at)s) RETURNING id"
+)
+NEXT_IDS = (
+    "SELECT nextval(pg_get_serial_sequence('flowpro_jobs', 'id')) "
+    "FROM generate_series(1, %(n)s)"
+)
+NOTIFY = f"SELECT pg_notify('{CHANNEL}', q) FROM unnest(%(queues)s::text[]) AS q"
+
+
+def engine_url(url: str) -> Any:
+    """Return the SQLAlchemy URL for a postgresql:// URL, with the psycopg 3 driver."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    if parsed.get_backend_name() != "postgresql":
+        raise ConfigError(f"not a PostgreSQL URL: {url!r}")
+    if parsed.get_driver_name() not in ("psycopg", "postgresql", ""):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.set(drivername="postgresql+psycopg")
+
+
+class PostgresStorage(SqlStorage):
+    """The distributed engine: any number of nodes on any number of hosts share one database.
+
+    Example:
+        >>> storage = PostgresStorage("postgresql://root@127.0.0.1/test")   # doctest: +SKIP
+    """
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:  # pragma: no cover - depends on the install
+            raise ConfigError(
+                "PostgreSQL needs psycopg 3: pip install 'flowpro[postgres]'"
+            ) from None
+        sa_url = engine_url(url)
+        engine = create_engine(
+            sa_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        )
+        super().__init__(url, engine)
+        self._conninfo = sa_url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._listener: _Listener | None = None
+        self._listener_lock = threading.Lock()
+
+    # Dialect hooks
+
+    def _dt(self, value: Any) -> datetime | None:
+        if value is None or value.tzinfo is UTC:
+            return value  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+    def _json_append(self, column: str, name: str) -> str:
+        return f"{column} || jsonb_build_array(CAST(:{name} AS jsonb))"
+
+    def _is_transient(self, exc: DBAPIError) -> bool:
+        state = getattr(exc.orig, "sqlstate", None)
+        return exc.connection_invalidated or state in TRANSIENT_SQLSTATES
+
+    # Inserting, claiming, acking
+
+    def _insert(self, c: Connection, jobs: Sequence[NewJob], now: datetime) -> list[Job]:
+        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            if len(jobs) == 1:
+                job = jobs[0]
+                at = job.resolve_scheduled_at(now)
+                cur.execute(
+                    INSERT_ONE,
+                    {
+                        "state": "available" if at <= now else "scheduled",
+                        "queue": job.queue,
+                        "worker": job.worker,
+                        "args": job.args_json,
+                        "meta": job.meta_json,
+                        "tags": json.dumps(job.tags),
+                        "max_attempts": job.max_attempts,
+                        "priority": job.priority,
+                        "now": now,
+                        "scheduled_at": at,
+                    },
+                )
+                ids = [cur.fetchone()[0]]
+            else:
+                # Ids are taken first so that each saved job is matched to its id without
+                # relying on the order of RETURNING.
+                cur.execute(NEXT_IDS, {"n": len(jobs)})
+                ids = [row[0] for row in cur.fetchall()]
+                scheduled = [job.resolve_scheduled_at(now) for job in jobs]
+                cur.execute(
+                    INSERT_MANY,
+                    {
+                        "now": now,
+                        "ids": ids,
+                        "states": ["available" if at <= now else "scheduled" for at in scheduled],
+                        "queues": [job.queue for job in jobs],
+                        "workers": [job.worker for job in jobs],
+                        "args": [job.args_json for job in jobs],
+                        "metas": [job.meta_json for job in jobs],
+                        "tags": [json.dumps(job.tags) for job in jobs],
+                        "maxes": [job.max_attempts for job in jobs],
+                        "priorities": [job.priority for job in jobs],
+                        "scheduled": scheduled,
+                    },
+                )
+            saved = [self._saved(job, ids[i], now) for i, job in enumerate(jobs)]
+            queues = sorted({j.queue for j in saved if j.at_once()})
+            if queues:
+                # NOTIFY inside the transaction: delivered on commit, also the caller's.
+                cur.execute(NOTIFY, {"queues": queues})
+        finally:
+            cur.close()
+        return saved
+
+    def _fetch(
+        self, c: Connection, queue: str | None, demand: int, node: str, now: datetime
+    ) -> list[Job]:
+        params = {"now": now, "node": node, "demand": demand, "queue": queue}
+        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cur.execute(CLAIM_ANY if queue is None else CLAIM_QUEUE, params)
+            rows = cur.fetchall()
+        finally:
+            cur.close()
+        jobs = [self._job(row) for row in rows]
+        jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))
+        return jobs
+
+    def _ack(self, c: Connection, acks: Sequence[Ack]) -> list[int]:
+        params = {
+            "ids": [a.id for a in acks],
+            "attempts": [a.attempt for a in acks],
+            "states": [a.state.value for a in acks],
+            "ats": [a.at for a in acks],
+            "scheduled": [a.scheduled_at for a in acks],
+            "errors": [None if a.errors is None else json.dumps(a.errors) for a in acks],
+            "maxes": [a.max_attempts for a in acks],
+            "recorded": [a.recorded for a in acks],
+        }
+        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cur.execute(ACK, params)
+            return [row[0] for row in cur.fetchall()]
+        finally:
+            cur.close()
+
+    # Wake-ups
+
+    def notify(self, queues: Sequence[str]) -> None:
+        """Wake producers of these queues on every node (NOTIFY) and in this process."""
+        self._wake_local(queues)
+
+        def run(c: Connection) -> None:
+            cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cur.execute(NOTIFY, {"queues": list(queues)})
+            finally:
+                cur.close()
+
+        try:
+            self._write(run, what="notify")
+        except Exception:  # the pollers still find the jobs
+            log.warning("NOTIFY failed; other nodes will find the jobs by polling", exc_info=True)
+
+    def subscribe(self, wakeup: Any) -> None:
+        """Start the LISTEN connection (once) and call ``wakeup`` on every notification."""
+        super().subscribe(wakeup)
+        with self._listener_lock:
+            if self._listener is None:
+                self._listener = _Listener(self._conninfo, self._wake_remote)
+                self._listener.start()
+
+    def _wake_remote(self, queue: str) -> None:
+        self._wake_local([queue])
+
+    def listener_connected(self) -> bool:
+        """Return whether the LISTEN connection is up (for tests and health checks)."""
+        return self._listener is not None and self._listener.connected.is_set()
+
+    def close(self) -> None:
+        """Stop the listener and dispose of the pool."""
+        with self._listener_lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+        super().close()
+
+
+class _Listener(threading.Thread):
+    """A dedicated LISTEN connection; reconnects with backoff, producers poll meanwhile."""
+
+    def __init__(self, conninfo: str, callback: Any) -> None:
+        super().__init__(name="flowpro-listener", daemon=True)
+        self._conninfo = conninfo
+        self._callback = callback
+        self._stopped = threading.Event()
+        self.connected = threading.Event()
+        self._conn: Any = None
+
+    def run(self) -> None:
+        import psycopg
+
+        delay = 0.1
+        while not self._stopped.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                    self._conn = conn
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.connected.set()
+                    delay = 0.1
+                    while not self._stopped.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            self._callback(note.payload)
+            except Exception as exc:
+                self.connected.clear()
+                if self._stopped.is_set():
+                    return
+                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, delay)
+                self._stopped.wait(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                self._conn = None
+                self.connected.clear()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=2)

@@ -1,0 +1,106 @@
+"""The tables, as SQLAlchemy Core metadata shared by create_all and the alembic migrations."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+# SQLite stores times as fixed-width UTC text ('YYYY-MM-DD HH:MM:SS.ffffff') so that string
+# order is time order; PostgreSQL uses timestamptz.
+Timestamp = DateTime(timezone=True).with_variant(String(26), "sqlite")
+# JSON is jsonb on PostgreSQL and compact JSON text on SQLite.
+Json = Text().with_variant(JSONB(), "postgresql")
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+jobs = Table(
+    "flowpro_jobs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("state", String(16), nullable=False),
+    Column("queue", String(100), nullable=False),
+    Column("worker", String(255), nullable=False),
+    Column("args", Json, nullable=False),
+    Column("meta", Json, nullable=False),
+    Column("tags", Json, nullable=False),
+    Column("errors", Json, nullable=False),
+    Column("attempt", Integer, nullable=False, server_default=text("0")),
+    Column("max_attempts", Integer, nullable=False),
+    Column("priority", SmallInteger, nullable=False, server_default=text("0")),
+    Column("attempted_by", String(255)),
+    Column("inserted_at", Timestamp, nullable=False),
+    Column("scheduled_at", Timestamp, nullable=False),
+    Column("attempted_at", Timestamp),
+    Column("completed_at", Timestamp),
+    Column("cancelled_at", Timestamp),
+    Column("discarded_at", Timestamp),
+    Column("recorded", LargeBinary),
+    sqlite_autoincrement=True,
+)
+
+# Claiming reads only available rows, so a partial index stays small however many completed
+# jobs pile up; the same holds for staging and rescuing.
+Index(
+    "flowpro_jobs_claim_idx",
+    jobs.c.queue,
+    jobs.c.priority,
+    jobs.c.scheduled_at,
+    jobs.c.id,
+    postgresql_where=text("state = 'available'"),
+    sqlite_where=text("state = 'available'"),
+)
+Index(
+    "flowpro_jobs_stage_idx",
+    jobs.c.scheduled_at,
+    postgresql_where=text("state IN ('scheduled', 'retryable')"),
+    sqlite_where=text("state IN ('scheduled', 'retryable')"),
+)
+Index(
+    "flowpro_jobs_executing_idx",
+    jobs.c.attempted_by,
+    postgresql_where=text("state = 'executing'"),
+    sqlite_where=text("state = 'executing'"),
+)
+Index("flowpro_jobs_state_queue_idx", jobs.c.state, jobs.c.queue, jobs.c.id)
+
+nodes = Table(
+    "flowpro_nodes",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("queues", Text, nullable=False),
+    Column("started_at", Timestamp, nullable=False),
+    Column("heartbeat_at", Timestamp, nullable=False),
+)
+
+leader = Table(
+    "flowpro_leader",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("node", String(255), nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
+)
+
+cron_ticks = Table(
+    "flowpro_cron_ticks",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("tick", Timestamp, primary_key=True),
+    Column("job_id", BigInteger().with_variant(Integer(), "sqlite")),
+    Column("inserted_at", Timestamp, nullable=False),
+)
+
+VERSION_TABLE = "flowpro_alembic_version"

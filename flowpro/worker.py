@@ -1,0 +1,294 @@
+"""The worker contract: class-keyword options, ``new()``, the registry and backoff. No I/O."""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, TypeVar
+
+from flowpro.errors import ArgsError, ConfigError, WorkerNotFound
+from flowpro.job import Job, NewJob, encode_json, seconds
+
+_REGISTRY: dict[str, type[Worker]] = {}
+
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 20
+
+
+def resolve_worker(name: str) -> type[Worker]:
+    """Return the worker class registered under ``name``.
+
+    Raises:
+        WorkerNotFound: no class with that name (or alias) was imported in this process.
+
+    Example:
+        >>> resolve_worker("billing.Send")   # doctest: +SKIP
+        <class 'billing.Send'>
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise WorkerNotFound(name) from None
+
+
+def registered_workers() -> list[type[Worker]]:
+    """Return every registered worker class, each once, sorted by name."""
+    return sorted(set(_REGISTRY.values()), key=lambda cls: cls.__flowpro_name__)
+
+
+class Worker:
+    """Base class of every worker; options are class keywords.
+
+    Options: ``queue`` (default ``"default"``), ``priority`` (0 highest .. 9), ``max_attempts``
+    (default 20), ``timeout`` (seconds or timedelta per attempt), ``tags``, ``name`` (the stored
+    name; default ``module.Class``) and ``cron`` (a cron expression: the leader inserts one job
+    per tick).
+
+    Example:
+        >>> class Fetch(Worker, queue="etl", max_attempts=5):
+        ...     def process(self, job):
+        ...         return {"rows": 3}
+        >>> Fetch.new({"url": "https://x"}).queue
+        'etl'
+    """
+
+    __flowpro_name__: ClassVar[str] = "flowpro.Worker"
+    queue: ClassVar[str] = DEFAULT_QUEUE
+    priority: ClassVar[int] = 0
+    max_attempts: ClassVar[int] = DEFAULT_MAX_ATTEMPTS
+    timeout: ClassVar[float | None] = None
+    tags: ClassVar[tuple[str, ...]] = ()
+    cron: ClassVar[str | None] = None
+    is_async: ClassVar[bool] = False
+
+    def __init_subclass__(
+        cls,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+        tags: Iterable[str] | None = None,
+        name: str | None = None,
+        cron: str | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init_subclass__(**options)
+        label = f"{cls.__module__}.{cls.__qualname__}"
+        if queue is not None:
+            cls.queue = _check_queue(queue, label)
+        if priority is not None:
+            cls.priority = _check_priority(priority, label)
+        if max_attempts is not None:
+            cls.max_attempts = _check_attempts(max_attempts, label)
+        if timeout is not None:
+            cls.timeout = seconds(timeout)
+            if cls.timeout <= 0:
+                raise ConfigError(f"{label}: timeout must be positive, got {timeout!r}")
+        if tags is not None:
+            cls.tags = _check_tags(tags, label)
+        if cron is not None:
+            cls.cron = _check_cron(cron, label)
+        cls.__flowpro_name__ = name or label
+        cls.is_async = inspect.iscoroutinefunction(cls.process)
+        _REGISTRY[cls.__flowpro_name__] = cls
+
+    def process(self, job: Job) -> Any:
+        """Do the work of one job; the return value is the outcome.
+
+        Return a value (the output, recorded when the worker is recorded), ``Snooze``,
+        ``Cancel`` or ``Discard``; raise to fail the attempt (it is retried with backoff).
+        May be ``async def``.
+        """
+        raise NotImplementedError(f"{type(self).__flowpro_name__} does not define process()")
+
+    def backoff(self, job: Job) -> float:
+        """Return the seconds to wait before retrying ``job`` after a failed attempt.
+
+        Exponential in the attempt with 10 % jitter, starting near 17 s and capped at a day.
+        Override it for a different policy.
+
+        Example:
+            >>> class Quick(Worker):
+            ...     def backoff(self, job):
+            ...         return 0
+        """
+        base = min(15.0 + 2.0 ** min(job.attempt, 16), 86_400.0)
+        return base * random.uniform(0.9, 1.1)  # noqa: S311 - jitter, not security
+
+    @classmethod
+    def new(
+        cls,
+        args: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        schedule_in: float | timedelta | None = None,
+        scheduled_at: datetime | None = None,
+        tags: Iterable[str] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> NewJob:
+        """Build an unsaved job for this worker; ``fp.insert`` saves it.
+
+        Args:
+            args: the job's arguments, a JSON object.
+            queue: overrides the worker's queue.
+            priority: 0 (highest) .. 9.
+            max_attempts: overrides the worker's limit.
+            schedule_in: seconds (or a timedelta) from insert until the job may run.
+            scheduled_at: an aware datetime at which the job may run.
+            tags: labels to find the job by.
+            meta: plaintext metadata (JSON object).
+
+        Returns:
+            The unsaved job.
+
+        Raises:
+            ArgsError: args or meta are not a JSON object of JSON values.
+            ConfigError: an option is out of range.
+
+        Example:
+            >>> job = Fetch.new({"url": "https://x"}, schedule_in=60, tags=["a"])  # doctest: +SKIP
+        """
+        label = cls.__flowpro_name__
+        if schedule_in is not None and scheduled_at is not None:
+            raise ConfigError(f"{label}.new: give schedule_in or scheduled_at, not both")
+        if scheduled_at is not None and scheduled_at.tzinfo is None:
+            raise ConfigError(f"{label}.new: scheduled_at must be timezone-aware (UTC)")
+        plain_args = cls.dump_args(args)
+        meta_dict = _check_mapping(meta or {}, "meta", label)
+        job_tags = list(cls.tags) if tags is None else list(_check_tags(tags, label))
+        return NewJob(
+            worker=label,
+            queue=cls.queue if queue is None else _check_queue(queue, label),
+            args=plain_args,
+            args_json=cls.encode_args(plain_args),
+            meta=meta_dict,
+            meta_json=encode_json(meta_dict, what="meta"),
+            tags=job_tags,
+            priority=cls.priority if priority is None else _check_priority(priority, label),
+            max_attempts=(
+                cls.max_attempts if max_attempts is None else _check_attempts(max_attempts, label)
+            ),
+            schedule_in=None if schedule_in is None else seconds(schedule_in),
+            scheduled_at=scheduled_at,
+        )
+
+    # Codec hooks (the Pro worker options override these)
+
+    @classmethod
+    def dump_args(cls, args: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Return args as a plain dict, validated for this worker."""
+        return _check_mapping(args or {}, "args", cls.__flowpro_name__)
+
+    @classmethod
+    def encode_args(cls, args: dict[str, Any]) -> str:
+        """Return the stored encoding of validated args."""
+        return encode_json(args)
+
+    @classmethod
+    def load_args(cls, job: Job) -> Any:
+        """Return the args ``process`` sees, from the stored ones."""
+        return job.args
+
+    @classmethod
+    def pack_output(cls, job: Job, value: Any) -> bytes | None:
+        """Return the stored form of ``process``'s return value (None: nothing recorded)."""
+        return None
+
+
+W = TypeVar("W", bound=type[Worker])
+
+
+def worker(
+    fn: Callable[[Job], Any] | None = None, **options: Any
+) -> Any:
+    """Turn a function ``fn(job)`` into a Worker subclass with the given options.
+
+    The class is named after the function (stored name ``module.function``) and has the same
+    ``new()``; the decorated name refers to the class.
+
+    Example:
+        >>> @worker(queue="etl", max_attempts=3)
+        ... def extract(job):
+        ...     return {"rows": 10}
+        >>> extract.new({}).worker.endswith("extract")
+        True
+    """
+
+    def build(func: Callable[[Job], Any]) -> type[Worker]:
+        if inspect.iscoroutinefunction(func):
+
+            async def process(self: Worker, job: Job) -> Any:
+                return await func(job)
+
+        else:
+
+            def process(self: Worker, job: Job) -> Any:  # type: ignore[misc]
+                return func(job)
+
+        namespace = {
+            "process": process,
+            "__module__": func.__module__,
+            "__qualname__": func.__qualname__,
+            "__doc__": func.__doc__,
+        }
+        return type(func.__name__, (Worker,), namespace, **options)
+
+    if fn is not None:
+        return build(fn)
+    return build
+
+
+# Option checks
+
+
+def _check_queue(queue: Any, label: str) -> str:
+    if not isinstance(queue, str) or not queue or len(queue) > 100 or "," in queue or "=" in queue:
+        raise ConfigError(f"{label}: queue must be a non-empty name without ',' or '=', got {queue!r}")
+    return queue
+
+
+def _check_priority(priority: Any, label: str) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise ConfigError(f"{label}: priority must be an int from 0 to 9, got {priority!r}")
+    return priority
+
+
+def _check_attempts(value: Any, label: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{label}: max_attempts must be an int >= 1, got {value!r}")
+    return value
+
+
+def _check_tags(tags: Iterable[str], label: str) -> tuple[str, ...]:
+    if isinstance(tags, str):
+        raise ConfigError(f"{label}: tags must be a list of strings, not a string")
+    out = tuple(tags)
+    for tag in out:
+        if not isinstance(tag, str):
+            raise ConfigError(f"{label}: tags must be strings, got {tag!r}")
+    return out
+
+
+def _check_cron(expression: str, label: str) -> str:
+    from croniter import croniter
+
+    if not isinstance(expression, str) or not croniter.is_valid(expression):
+        raise ConfigError(f"{label}: cron expression {expression!r} is not valid")
+    return expression
+
+
+def _check_mapping(value: Any, what: str, label: str) -> dict[str, Any]:
+    if hasattr(value, "model_dump") and what == "args":
+        value = value.model_dump(mode="json")
+    if not isinstance(value, Mapping):
+        raise ArgsError(f"{label}: {what} must be a JSON object (dict), got {type(value).__name__}")
+    out = dict(value)
+    for key in out:
+        if not isinstance(key, str):
+            raise ArgsError(f"{label}: {what} keys must be strings, got {key!r}")
+    return out
