@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -50,10 +50,7 @@ class FlowPro:
         **settings: Any,
     ) -> None:
         self.url = resolve_url(url)
-        if isinstance(config, NodeConfig):
-            base = config.model_dump()
-        else:
-            base = dict(config or {})
+        base = config.model_dump() if isinstance(config, NodeConfig) else dict(config or {})
         try:
             self.config = NodeConfig(**{**base, **settings})
         except Exception as exc:
@@ -217,7 +214,10 @@ class FlowPro:
             raise ConfigError("no queues to run: import your workers or pass queues={...}")
         entries = [*cron_entries(), *(cron or [])]
         node = Node(
-            self.storage, queues=plan, config=self.config, name=node_name(self.node_prefix),
+            self.storage,
+            queues=plan,
+            config=self.config,
+            name=node_name(self.node_prefix),
             cron=entries,
         )
         self._stop.clear()
@@ -280,17 +280,18 @@ def default_queues() -> dict[str, int]:
 
 def cron_entries() -> list[CronEntry]:
     """Return a cron entry for every registered worker with ``cron=``."""
-    entries = []
-    for cls in registered_workers():
-        if cls.cron:
-            entries.append(
-                CronEntry(
-                    f"worker:{cls.__flowpro_name__}",
-                    cls.cron,
-                    lambda tick, cls=cls: cls.new({}, meta={"cron_tick": tick.isoformat()}),
-                )
-            )
-    return entries
+    return [
+        CronEntry(f"worker:{cls.__flowpro_name__}", cls.cron, _cron_builder(cls))
+        for cls in registered_workers()
+        if cls.cron
+    ]
+
+
+def _cron_builder(cls: type[Worker]) -> Callable[[datetime], NewJob]:
+    def build(tick: datetime) -> NewJob:
+        return cls.new({}, meta={"cron_tick": tick.isoformat()})
+
+    return build
 
 
 def _many(value: Any) -> list[Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -199,31 +199,67 @@ def encode_json(value: Any, *, what: str = "args") -> str:
     """Encode ``value`` as strict JSON, or raise ArgsError naming what is wrong.
 
     NaN and infinities, non-string keys, sets, bytes and other non-JSON values are refused,
-    and so is the NUL character (PostgreSQL's JSON cannot store it), so both backends accept
-    exactly the same args.
+    and so are the NUL character and unpaired surrogates (PostgreSQL's JSON cannot store
+    them), so both backends accept exactly the same args.
 
     Example:
         >>> encode_json({"a": 1})
         '{"a":1}'
     """
     try:
-        text = json.dumps(value, separators=(",", ":"), allow_nan=False, default=_refuse)
+        text = json.dumps(
+            value, separators=(",", ":"), allow_nan=False, default=lambda v: _refuse(v, what)
+        )
+        # json.dumps turns int, float, bool and None keys into strings silently.
+        _check_keys(value, what)
     except ArgsError:
         raise
     except (TypeError, ValueError) as exc:
         raise ArgsError(f"{what} are not JSON-serialisable: {exc}") from None
     except RecursionError:
         raise ArgsError(f"{what} are nested too deeply to encode as JSON") from None
-    if "\\u0000" in text:
+    # Escapes are only looked for when the cheap test hits; an escaped backslash before
+    # 'u0000' is a literal, not a NUL.
+    if "\\u0000" in text and _NUL.search(text):
         raise ArgsError(f"{what} contain the NUL character (\\u0000), which cannot be stored")
+    if "\\ud" in text and not _is_valid_unicode(value):
+        raise ArgsError(
+            f"{what} contain an unpaired surrogate character (\\ud800-\\udfff), "
+            "which is not valid Unicode"
+        )
     return text
 
 
-def _refuse(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ArgsError(f"args contain a non-finite number: {value!r}")
+# A \u0000 escape preceded by an even number of backslashes (an odd one is a literal).
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _is_valid_unicode(value: Any) -> bool:
+    # Paired surrogates are one code point in a Python str; only unpaired ones fail UTF-8.
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_keys(value: Any, what: str) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise ArgsError(f"{what} keys must be strings, got {key!r}")
+                if isinstance(child, dict | list | tuple):
+                    stack.append(child)
+        elif isinstance(item, list | tuple):
+            stack.extend(child for child in item if isinstance(child, dict | list | tuple))
+
+
+def _refuse(value: Any, what: str = "args") -> Any:
     raise ArgsError(
-        f"args are not JSON-serialisable: a value of type {type(value).__name__} "
+        f"{what} are not JSON-serialisable: a value of type {type(value).__name__} "
         "(use str, int, float, bool, None, list or dict)"
     )
 

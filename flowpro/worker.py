@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import random
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
@@ -75,8 +76,15 @@ class Worker:
         cron: str | None = None,
         **options: Any,
     ) -> None:
-        super().__init_subclass__(**options)
         label = f"{cls.__module__}.{cls.__qualname__}"
+        try:
+            super().__init_subclass__(**options)
+        except TypeError:
+            if not options:
+                raise
+            raise ConfigError(
+                f"{label}: unknown worker option(s) {', '.join(sorted(options))}"
+            ) from None
         if queue is not None:
             cls.queue = _check_queue(queue, label)
         if priority is not None:
@@ -84,13 +92,13 @@ class Worker:
         if max_attempts is not None:
             cls.max_attempts = _check_attempts(max_attempts, label)
         if timeout is not None:
-            cls.timeout = seconds(timeout)
-            if cls.timeout <= 0:
-                raise ConfigError(f"{label}: timeout must be positive, got {timeout!r}")
+            cls.timeout = _check_timeout(timeout, label)
         if tags is not None:
             cls.tags = _check_tags(tags, label)
         if cron is not None:
             cls.cron = _check_cron(cron, label)
+        if name is not None and (not isinstance(name, str) or not name or len(name) > 255):
+            raise ConfigError(f"{label}: name must be a non-empty string of at most 255 characters")
         cls.__flowpro_name__ = name or label
         cls.is_async = inspect.iscoroutinefunction(cls.process)
         _REGISTRY[cls.__flowpro_name__] = cls
@@ -156,8 +164,10 @@ class Worker:
         label = cls.__flowpro_name__
         if schedule_in is not None and scheduled_at is not None:
             raise ConfigError(f"{label}.new: give schedule_in or scheduled_at, not both")
-        if scheduled_at is not None and scheduled_at.tzinfo is None:
-            raise ConfigError(f"{label}.new: scheduled_at must be timezone-aware (UTC)")
+        if scheduled_at is not None and (
+            not isinstance(scheduled_at, datetime) or scheduled_at.tzinfo is None
+        ):
+            raise ConfigError(f"{label}.new: scheduled_at must be a timezone-aware datetime (UTC)")
         plain_args = cls.dump_args(args)
         meta_dict = _check_mapping(meta or {}, "meta", label)
         job_tags = list(cls.tags) if tags is None else list(_check_tags(tags, label))
@@ -173,7 +183,7 @@ class Worker:
             max_attempts=(
                 cls.max_attempts if max_attempts is None else _check_attempts(max_attempts, label)
             ),
-            schedule_in=None if schedule_in is None else seconds(schedule_in),
+            schedule_in=None if schedule_in is None else _check_delay(schedule_in, label),
             scheduled_at=scheduled_at,
         )
 
@@ -203,9 +213,7 @@ class Worker:
 W = TypeVar("W", bound=type[Worker])
 
 
-def worker(
-    fn: Callable[[Job], Any] | None = None, **options: Any
-) -> Any:
+def worker(fn: Callable[[Job], Any] | None = None, **options: Any) -> Any:
     """Turn a function ``fn(job)`` into a Worker subclass with the given options.
 
     The class is named after the function (stored name ``module.function``) and has the same
@@ -248,7 +256,9 @@ def worker(
 
 def _check_queue(queue: Any, label: str) -> str:
     if not isinstance(queue, str) or not queue or len(queue) > 100 or "," in queue or "=" in queue:
-        raise ConfigError(f"{label}: queue must be a non-empty name without ',' or '=', got {queue!r}")
+        raise ConfigError(
+            f"{label}: queue must be a non-empty name without ',' or '=', got {queue!r}"
+        )
     return queue
 
 
@@ -262,6 +272,25 @@ def _check_attempts(value: Any, label: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{label}: max_attempts must be an int >= 1, got {value!r}")
     return value
+
+
+def _check_timeout(value: Any, label: str) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{label}: timeout must be seconds or a timedelta, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{label}: timeout must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _check_delay(value: Any, label: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | timedelta):
+        raise ConfigError(f"{label}.new: schedule_in must be seconds or a timedelta, got {value!r}")
+    delay = seconds(value)
+    if not math.isfinite(delay):
+        raise ConfigError(f"{label}.new: schedule_in must be a finite number, got {value!r}")
+    return delay
 
 
 def _check_tags(tags: Iterable[str], label: str) -> tuple[str, ...]:

@@ -34,7 +34,7 @@ class Cron:
 
     def due(self, entry: CronEntry, now: datetime) -> list[datetime]:
         """Return the ticks of ``entry`` after the last check, up to ``now``."""
-        ticks = []
+        ticks: list[datetime] = []
         it = croniter(entry.expression, self._checked)
         while True:
             tick: datetime = it.get_next(datetime)

@@ -41,7 +41,9 @@ def prepare(job: Job) -> tuple[type[Worker] | None, Job | Ack]:
         args = cls.load_args(job)
     except ArgsError as exc:
         # Args that no longer validate cannot succeed on a retry.
-        return cls, _terminal(job, JobState.DISCARDED, f"args are no longer valid: {exc}", kind="args")
+        return cls, _terminal(
+            job, JobState.DISCARDED, f"args are no longer valid: {exc}", kind="args"
+        )
     except CodecError as exc:
         return cls, _terminal(job, JobState.DISCARDED, str(exc), kind=type(exc).__name__)
     return cls, (job if args is job.args else dataclasses.replace(job, args=args))
@@ -170,7 +172,9 @@ class Executor:
         except WorkerNotFound:
             is_async = False
         if is_async:
-            future = asyncio.run_coroutine_threadsafe(run_async(job, self._clock), self._event_loop())
+            future = asyncio.run_coroutine_threadsafe(
+                run_async(job, self._clock), self._event_loop()
+            )
             future.add_done_callback(lambda f: self._finish(job, f))
         else:
             self._pool.submit(self._run_in_thread, job)
@@ -180,7 +184,12 @@ class Executor:
         try:
             ack = run_sync(job, self._clock)
         except BaseException as exc:  # JobTimeout injected by interrupt(), or worse
-            ack = fail(None, job, exc if isinstance(exc, Exception) else JobTimeout(str(exc)), self._clock())
+            ack = fail(
+                None,
+                job,
+                exc if isinstance(exc, Exception) else JobTimeout(str(exc)),
+                self._clock(),
+            )
         finally:
             self.threads.pop(job.id, None)
         self._on_done(job, ack)

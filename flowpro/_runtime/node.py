@@ -1,4 +1,4 @@
-"""A node: producers per queue plus the periodic work (heartbeat, leader, stage, rescue, prune, cron)."""
+"""A node: producers per queue plus periodic work (beat, lead, stage, rescue, prune, cron)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from flowpro.job import utcnow
-from flowpro.storage.base import Storage
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowpro._runtime.cron import Cron, CronEntry
 from flowpro._runtime.leader import Leader
@@ -22,6 +19,8 @@ from flowpro._runtime.lifeline import Lifeline
 from flowpro._runtime.producer import Producer
 from flowpro._runtime.pruner import Pruner
 from flowpro._runtime.stager import Stager
+from flowpro.job import utcnow
+from flowpro.storage.base import Storage
 
 log = logging.getLogger("flowpro.node")
 
@@ -34,7 +33,7 @@ class NodeConfig(BaseModel):
         1.0
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     poll_interval: float | None = Field(default=None, gt=0)
     heartbeat_interval: float = Field(default=1.0, gt=0)
@@ -43,10 +42,22 @@ class NodeConfig(BaseModel):
     leader_ttl: float = Field(default=5.0, gt=0)
     stage_interval: float = Field(default=1.0, gt=0)
     prune_interval: float = Field(default=60.0, gt=0)
-    retention: timedelta = timedelta(days=7)
+    retention: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))
     cron_interval: float = Field(default=1.0, gt=0)
     shutdown_grace: float = Field(default=15.0, ge=0)
     idle_check_interval: float = Field(default=0.05, gt=0)
+
+    @model_validator(mode="after")
+    def _beats_often_enough(self) -> NodeConfig:
+        # A live node whose heartbeats are further apart than rescue_after would have its
+        # running jobs rescued and run twice; a lease shorter than the renewal would flap.
+        for name in ("rescue_after", "leader_ttl"):
+            if getattr(self, name) <= self.heartbeat_interval:
+                raise ValueError(
+                    f"{name} ({getattr(self, name):g}s) must be longer than "
+                    f"heartbeat_interval ({self.heartbeat_interval:g}s)"
+                )
+        return self
 
 
 def node_name(prefix: str | None = None) -> str:
@@ -75,16 +86,27 @@ class Node:
         self.clock = clock
         poll = config.poll_interval or (0.05 if storage.dialect == "sqlite" else 1.0)
         self.producers = [
-            Producer(storage, queue=q, limit=n, node=self.name, poll_interval=poll, clock=clock)
+            Producer(
+                storage,
+                queue=q,
+                limit=n,
+                node=self.name,
+                poll_interval=poll,
+                clock=clock,
+            )
             for q, n in self.queues.items()
         ]
-        self.lifeline = Lifeline(storage, self.name, list(self.queues), rescue_after=config.rescue_after)
+        self.lifeline = Lifeline(
+            storage, self.name, list(self.queues), rescue_after=config.rescue_after
+        )
         self.leader = Leader(storage, self.name, ttl=config.leader_ttl)
         self.stager = Stager(storage)
         self.pruner = Pruner(storage, retention=config.retention)
         self.cron = Cron(storage, cron, since=clock())
         self._stop = threading.Event()
-        self._maintenance = threading.Thread(target=self._maintain, name="flowpro-node", daemon=True)
+        self._maintenance = threading.Thread(
+            target=self._maintain, name="flowpro-node", daemon=True
+        )
         self._started = False
 
     # Lifecycle
@@ -109,19 +131,23 @@ class Node:
             if until_idle and self.idle():
                 return
 
+    def busy(self) -> bool:
+        """Return whether attempts are running or outcomes are waiting to be written."""
+        return any(p.busy() for p in self.producers)
+
     def idle(self) -> bool:
         """Return whether nothing in this node's queues is runnable, running or unacked."""
-        if any(p.busy() for p in self.producers):
+        if self.busy():
             return False
         try:
             pending = self.storage.count_pending(list(self.queues), now=self.clock())
         except Exception as exc:
             log.warning("idle check failed (%s)", exc)
             return False
-        return pending == 0 and not any(p.busy() for p in self.producers)
+        return pending == 0 and not self.busy()
 
     def stop(self) -> None:
-        """Stop claiming, let running attempts finish within the grace period, hand back the rest."""
+        """Stop claiming, let attempts finish within the grace period, hand back the rest."""
         if not self._started:
             return
         self._started = False

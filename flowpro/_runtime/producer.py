@@ -9,12 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from flowpro._runtime.executor import Executor, JobTimeout, fail
 from flowpro.errors import WorkerNotFound
 from flowpro.job import Ack, Job
 from flowpro.storage.base import Storage
 from flowpro.worker import resolve_worker
-
-from flowpro._runtime.executor import Executor, JobTimeout, fail
 
 log = logging.getLogger("flowpro.producer")
 
@@ -28,8 +27,10 @@ class _Running:
 class Producer:
     """Claims and runs the jobs of one queue on one node, at most ``limit`` at a time.
 
-    Finished attempts are acked together with the next claim, in one transaction, so a busy
-    queue costs one commit per round rather than one per job.
+    Finished attempts are acked together with the next claim, in one transaction and one
+    round trip, so a busy queue costs one commit per round rather than one per job. When only
+    some slots are free and attempts are still running, the producer lingers a moment
+    (``linger`` seconds) so that rounds stay large.
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class Producer:
         node: str,
         poll_interval: float,
         clock: Callable[[], datetime],
+        linger: float = 0.001,
     ) -> None:
         self.storage = storage
         self.queue = queue
@@ -48,17 +50,17 @@ class Producer:
         self.node = node
         self.poll_interval = poll_interval
         self.clock = clock
+        self.linger = linger
         self.executor = Executor(threads=limit, on_done=self._done, clock=clock)
         self._lock = threading.Lock()
         self._event = threading.Event()
-        self._acks: list[Ack] = []
         self._running: dict[int, _Running] = {}
+        self._acks: list[Ack] = []
         self._abandoned: set[int] = set()
         self._fetch_wanted = True
         self._stopping = False
         self._halted = False
         self._thread = threading.Thread(target=self._loop, name=f"flowpro-{queue}", daemon=True)
-        self.completed = 0
 
     # Control
 
@@ -98,11 +100,11 @@ class Producer:
     def _done(self, job: Job, ack: Ack) -> None:
         with self._lock:
             self._running.pop(job.id, None)
-            if job.id in self._abandoned:
-                # Already acked as timed out (or handed back): this late result changes nothing.
-                self._abandoned.discard(job.id)
-            else:
+            abandoned = job.id in self._abandoned
+            self._abandoned.discard(job.id)
+            if not abandoned:
                 self._acks.append(ack)
+            # Otherwise it was acked as timed out (or handed back): this result changes nothing.
         self._event.set()
 
     def _deadline(self, job: Job) -> float | None:
@@ -137,33 +139,56 @@ class Producer:
     def _loop(self) -> None:
         failures = 0
         last_poll = time.monotonic()
+        linger_until: float | None = None
         while True:
             self._event.clear()
             upcoming = self._expire()
             with self._lock:
-                acks, self._acks = self._acks, []
                 running = len(self._running)
+                pending = len(self._acks)
             demand = 0 if (self._stopping or self._halted) else self.limit - running
             fetch = demand > 0 and self._fetch_wanted
-            if acks or fetch:
+            if running and pending and demand < self.limit // 2 and not self._halted:
+                # Most slots are still busy: give them a moment so that this round is larger.
+                if linger_until is None:
+                    linger_until = time.monotonic() + self.linger
+                remaining = linger_until - time.monotonic()
+                if remaining > 0:
+                    self._event.wait(remaining)
+                    continue
+            linger_until = None
+            if pending or fetch:
+                with self._lock:
+                    acks, self._acks = self._acks, []
                 try:
                     _applied, jobs = self.storage.ack_and_fetch(
-                        acks, self.queue, demand=demand if fetch else 0, node=self.node,
+                        acks,
+                        self.queue,
+                        demand=demand if fetch else 0,
+                        node=self.node,
                         now=self.clock(),
                     )
                 except Exception as exc:
                     with self._lock:
-                        self._acks[:0] = acks  # keep them: nothing was written
+                        self._acks[:0] = acks  # nothing was written: keep them, in order
                     failures += 1
                     delay = min(0.1 * 2**failures, 5.0)
-                    log.warning("queue %s: database call failed (%s); retrying in %.1fs",
-                                self.queue, exc, delay)
-                    if self._halted:
+                    log.warning(
+                        "queue %s: database call failed (%s); retrying in %.1fs",
+                        self.queue,
+                        exc,
+                        delay,
+                    )
+                    if self._halted and failures > 5:
+                        log.error(
+                            "queue %s: giving up on %d outcome(s); their jobs will be rescued",
+                            self.queue,
+                            len(acks),
+                        )
                         return
                     self._event.wait(delay)
                     continue
                 failures = 0
-                self.completed += len(acks)
                 if fetch:
                     self._fetch_wanted = len(jobs) == demand
                 if jobs:
@@ -172,7 +197,7 @@ class Producer:
                             self._running[job.id] = _Running(job, self._deadline(job))
                     for job in jobs:
                         self.executor.submit(job)
-                    continue
+                continue
             if self._halted:
                 return
             next_poll = last_poll + self.poll_interval

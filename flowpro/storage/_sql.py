@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy import BindParameter, Connection, Engine, bindparam, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from flowpro.errors import StorageError
@@ -59,6 +59,9 @@ class SqlStorage:
         self.engine = engine
         self._wakeups: list[Wakeup] = []
         self._wakeup_lock = threading.Lock()
+        # The adapters run statements on the driver's own cursors, whose errors SQLAlchemy
+        # does not wrap: catch the driver's base class too.
+        self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
 
     # Dialect hooks
 
@@ -86,6 +89,13 @@ class SqlStorage:
         """Return whether the error is worth retrying the whole transaction for."""
         return False
 
+    def _wrapped(self, exc: Exception) -> DBAPIError:
+        """Return a driver error as SQLAlchemy's DBAPIError (the form _is_transient reads)."""
+        if isinstance(exc, DBAPIError):
+            return exc
+        wrapped = DBAPIError.instance(None, None, exc, self._driver_error)
+        return wrapped if isinstance(wrapped, DBAPIError) else DBAPIError(None, None, exc)
+
     # Transactions
 
     def _write(self, fn: Callable[[Connection], T], *, what: str, conn: Any = None) -> T:
@@ -93,14 +103,14 @@ class SqlStorage:
         if conn is not None:
             try:
                 return fn(conn)
-            except DBAPIError as exc:
+            except (DBAPIError, self._driver_error) as exc:
                 raise StorageError(f"{what} failed: {_driver_message(exc)}") from exc
         for delay in (*RETRY_DELAYS, None):
             try:
                 with self.engine.begin() as c:
                     return fn(c)
-            except DBAPIError as exc:
-                if delay is not None and self._is_transient(exc):
+            except (DBAPIError, self._driver_error) as exc:
+                if delay is not None and self._is_transient(self._wrapped(exc)):
                     time.sleep(delay)
                     continue
                 raise StorageError(f"{what} failed: {_driver_message(exc)}") from exc
@@ -114,8 +124,8 @@ class SqlStorage:
             try:
                 with self.engine.connect().execution_options(flowpro_read=True) as c:
                     return fn(c)
-            except DBAPIError as exc:
-                if delay is not None and self._is_transient(exc):
+            except (DBAPIError, self._driver_error) as exc:
+                if delay is not None and self._is_transient(self._wrapped(exc)):
                     time.sleep(delay)
                     continue
                 raise StorageError(f"{what} failed: {_driver_message(exc)}") from exc
@@ -198,7 +208,7 @@ class SqlStorage:
         """Return jobs matching every filter given, newest first by default."""
         where = []
         params: dict[str, Any] = {"limit": limit}
-        binds = []
+        binds: list[BindParameter[Any]] = []
         for column, values in (("state", states), ("queue", queues), ("worker", workers)):
             if values:
                 where.append(f"{column} IN :{column}s")
@@ -259,8 +269,12 @@ class SqlStorage:
     def rescue_jobs(self, *, now: datetime, alive_since: datetime) -> int:
         """Return executing jobs of dead nodes to the queue (or discard them when exhausted)."""
         entry = json.dumps(
-            {"attempt": None, "at": now.isoformat(), "kind": "rescued",
-             "error": "the node running this attempt stopped responding; job rescued"}
+            {
+                "attempt": None,
+                "at": now.isoformat(),
+                "kind": "rescued",
+                "error": "the node running this attempt stopped responding; job rescued",
+            }
         )
         sql = text(
             "UPDATE flowpro_jobs SET "
@@ -361,7 +375,8 @@ class SqlStorage:
         """Take or extend the leader lease; return whether ``node`` is the leader."""
         sql = text(
             "INSERT INTO flowpro_leader (name, node, expires_at) VALUES ('flowpro', :node, :exp) "
-            "ON CONFLICT (name) DO UPDATE SET node = excluded.node, expires_at = excluded.expires_at "
+            "ON CONFLICT (name) DO UPDATE SET node = excluded.node, "
+            "expires_at = excluded.expires_at "
             "WHERE flowpro_leader.node = excluded.node OR flowpro_leader.expires_at < :now "
             "RETURNING node"
         )
@@ -379,7 +394,9 @@ class SqlStorage:
             "INSERT INTO flowpro_cron_ticks (name, tick, inserted_at) VALUES (:name, :tick, :now) "
             "ON CONFLICT DO NOTHING RETURNING name"
         )
-        mark = text("UPDATE flowpro_cron_ticks SET job_id = :id WHERE name = :name AND tick = :tick")
+        mark = text(
+            "UPDATE flowpro_cron_ticks SET job_id = :id WHERE name = :name AND tick = :tick"
+        )
         now = self._now()
 
         def run(c: Connection) -> Job | None:
@@ -419,9 +436,7 @@ class SqlStorage:
             self._wake_local(queues)
         return saved
 
-    def fetch_jobs(
-        self, queue: str | None, *, demand: int, node: str, now: datetime
-    ) -> list[Job]:
+    def fetch_jobs(self, queue: str | None, *, demand: int, node: str, now: datetime) -> list[Job]:
         """Claim up to ``demand`` available jobs, best priority and oldest first."""
         return self._write(lambda c: self._fetch(c, queue, demand, node, now), what="fetch_jobs")
 
@@ -503,6 +518,8 @@ class SqlStorage:
 
 def _driver_message(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
-    return str(orig if orig is not None else exc).strip().splitlines()[0] if str(
-        orig if orig is not None else exc
-    ).strip() else type(exc).__name__
+    return (
+        str(orig if orig is not None else exc).strip().splitlines()[0]
+        if str(orig if orig is not None else exc).strip()
+        else type(exc).__name__
+    )

@@ -50,9 +50,7 @@ class Storage(Protocol):
     def count_jobs(self) -> dict[str, int]:
         """Return the number of jobs per state."""
 
-    def fetch_jobs(
-        self, queue: str | None, *, demand: int, node: str, now: datetime
-    ) -> list[Job]:
+    def fetch_jobs(self, queue: str | None, *, demand: int, node: str, now: datetime) -> list[Job]:
         """Claim up to ``demand`` available jobs of ``queue`` (any queue when None)."""
 
     def ack_jobs(self, acks: Sequence[Ack]) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alembic.config import Config
 from sqlalchemy import Engine, inspect, text
 
 from flowpro.errors import ConfigError
@@ -55,8 +56,7 @@ def is_current(engine: Engine) -> bool:
     return current_revision(engine) == HEAD_REVISION
 
 
-def _config():  # type: ignore[no-untyped-def]
-    from alembic.config import Config
+def _config() -> Config:
 
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))

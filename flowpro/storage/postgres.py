@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -13,9 +15,9 @@ from sqlalchemy import Connection, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from flowpro.errors import ConfigError
+from flowpro.errors import ConfigError, StorageError
 from flowpro.job import Ack, Job, NewJob
-from flowpro.storage._sql import ACK_SET, JOB_COLUMNS, SqlStorage
+from flowpro.storage._sql import ACK_SET, JOB_COLUMNS, RETRY_DELAYS, SqlStorage
 
 log = logging.getLogger("flowpro.storage")
 
@@ -39,7 +41,8 @@ ACK = (
     "%(ats)s::timestamptz[], %(scheduled)s::timestamptz[], %(errors)s::text[], "
     "%(maxes)s::int[], %(recorded)s::bytea[]) "
     "AS v(id, attempt, state, at, scheduled_at, errors, max_attempts, recorded) "
-    "WHERE j.id = v.id AND j.attempt = v.attempt AND j.state = 'executing' RETURNING j.id"
+    "WHERE j.id = v.id AND j.attempt = v.attempt AND (j.state = 'executing') IS TRUE "
+    "RETURNING j.id"
 )
 INSERT_MANY = (
     "INSERT INTO flowpro_jobs (id, state, queue, worker, args, meta, tags, errors, attempt, "
@@ -58,10 +61,20 @@ INSERT_ONE = (
     "%(max_attempts)s, %(priority)s, %(now)s, %(scheduled_at)s) RETURNING id"
 )
 NEXT_IDS = (
-    "SELECT nextval(pg_get_serial_sequence('flowpro_jobs', 'id')) "
-    "FROM generate_series(1, %(n)s)"
+    "SELECT nextval(pg_get_serial_sequence('flowpro_jobs', 'id')) FROM generate_series(1, %(n)s)"
 )
+# Acks and claims may commit without waiting for the WAL flush: a database crash can then forget
+# the last fraction of a second of them, which only means those jobs run again (at least once);
+# inserts always commit synchronously, so no job is ever lost.
+ASYNC_COMMIT = "SET LOCAL synchronous_commit TO OFF"
 NOTIFY = f"SELECT pg_notify('{CHANNEL}', q) FROM unnest(%(queues)s::text[]) AS q"
+
+
+def _psycopg_transient(exc: BaseException) -> bool:
+    import psycopg
+
+    state = getattr(exc, "sqlstate", None)
+    return state in TRANSIENT_SQLSTATES or isinstance(exc, psycopg.OperationalError)
 
 
 def engine_url(url: str) -> Any:
@@ -83,7 +96,7 @@ class PostgresStorage(SqlStorage):
 
     dialect = "postgresql"
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, synchronous_acks: bool = False) -> None:
         try:
             import psycopg  # noqa: F401
         except ImportError:  # pragma: no cover - depends on the install
@@ -91,12 +104,16 @@ class PostgresStorage(SqlStorage):
                 "PostgreSQL needs psycopg 3: pip install 'flowpro[postgres]'"
             ) from None
         sa_url = engine_url(url)
-        engine = create_engine(
-            sa_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
-        )
+        # No pre-ping: it costs a round trip per transaction. A connection that died is
+        # invalidated on its first error and the transaction is retried (see _is_transient).
+        engine = create_engine(sa_url, pool_size=pool_size, max_overflow=pool_size)
         super().__init__(url, engine)
+        self.synchronous_acks = synchronous_acks
         self._conninfo = sa_url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._listener: _Listener | None = None
+        self._local = threading.local()
+        self._hot: list[Any] = []
+        self._hot_lock = threading.Lock()
         self._listener_lock = threading.Lock()
 
     # Dialect hooks
@@ -172,18 +189,98 @@ class PostgresStorage(SqlStorage):
         self, c: Connection, queue: str | None, demand: int, node: str, now: datetime
     ) -> list[Job]:
         params = {"now": now, "node": node, "demand": demand, "queue": queue}
-        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cur.execute(CLAIM_ANY if queue is None else CLAIM_QUEUE, params)
-            rows = cur.fetchall()
-        finally:
-            cur.close()
+        rows = self._pipelined(c, CLAIM_ANY if queue is None else CLAIM_QUEUE, params)
         jobs = [self._job(row) for row in rows]
         jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))
         return jobs
 
+    def ack_and_fetch(
+        self, acks: Sequence[Ack], queue: str, *, demand: int, node: str, now: datetime
+    ) -> tuple[list[int], list[Job]]:
+        """Ack and claim in one pipelined round trip, then commit.
+
+        This is the hot path of every producer, so it runs on a connection owned by the calling
+        thread (no pool checkout, no SQLAlchemy transaction object): about a third less Python
+        work per round.
+        """
+        for delay in (*RETRY_DELAYS, None):
+            raw = self._hot_connection()
+            try:
+                return self._ack_and_fetch(raw, acks, queue, demand, node, now)
+            except Exception as exc:
+                self._drop_hot_connection(raw)
+                if delay is not None and _psycopg_transient(exc):
+                    time.sleep(delay)
+                    continue
+                raise StorageError(f"ack_and_fetch failed: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _ack_and_fetch(
+        self, raw: Any, acks: Sequence[Ack], queue: str, demand: int, node: str, now: datetime
+    ) -> tuple[list[int], list[Job]]:
+        ack_cur = raw.cursor()
+        claim_cur = raw.cursor()
+        try:
+            with raw.pipeline():
+                if not self.synchronous_acks:
+                    ack_cur.execute(ASYNC_COMMIT)
+                if acks:
+                    ack_cur.execute(ACK, self._ack_params(acks))
+                if demand > 0:
+                    claim_cur.execute(
+                        CLAIM_QUEUE, {"now": now, "node": node, "demand": demand, "queue": queue}
+                    )
+            applied = [row[0] for row in ack_cur.fetchall()] if acks else []
+            rows = claim_cur.fetchall() if demand > 0 else []
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            ack_cur.close()
+            claim_cur.close()
+        jobs = [self._job(row) for row in rows]
+        jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))
+        return applied, jobs
+
+    def _hot_connection(self) -> Any:
+        raw = getattr(self._local, "conn", None)
+        if raw is None or raw.closed:
+            import psycopg
+
+            raw = psycopg.connect(self._conninfo)
+            self._local.conn = raw
+            with self._hot_lock:
+                self._hot.append(raw)
+        return raw
+
+    def _drop_hot_connection(self, raw: Any) -> None:
+        self._local.conn = None
+        with self._hot_lock:
+            if raw in self._hot:
+                self._hot.remove(raw)
+        with contextlib.suppress(Exception):
+            raw.close()
+
     def _ack(self, c: Connection, acks: Sequence[Ack]) -> list[int]:
-        params = {
+        return [row[0] for row in self._pipelined(c, ACK, self._ack_params(acks))]
+
+    def _pipelined(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
+        """Run one statement, with BEGIN (and the async-commit setting) in the same round trip."""
+        raw = c.connection.driver_connection
+        cur = raw.cursor()  # type: ignore[union-attr]
+        try:
+            with raw.pipeline():  # type: ignore[union-attr]
+                if not self.synchronous_acks:
+                    cur.execute(ASYNC_COMMIT)
+                cur.execute(sql, params)
+            rows: list[Any] = cur.fetchall()
+            return rows
+        finally:
+            cur.close()
+
+    def _ack_params(self, acks: Sequence[Ack]) -> dict[str, Any]:
+        return {
             "ids": [a.id for a in acks],
             "attempts": [a.attempt for a in acks],
             "states": [a.state.value for a in acks],
@@ -193,12 +290,6 @@ class PostgresStorage(SqlStorage):
             "maxes": [a.max_attempts for a in acks],
             "recorded": [a.recorded for a in acks],
         }
-        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cur.execute(ACK, params)
-            return [row[0] for row in cur.fetchall()]
-        finally:
-            cur.close()
 
     # Wake-ups
 
@@ -239,6 +330,11 @@ class PostgresStorage(SqlStorage):
             listener, self._listener = self._listener, None
         if listener is not None:
             listener.stop()
+        with self._hot_lock:
+            hot, self._hot = self._hot, []
+        for raw in hot:
+            with contextlib.suppress(Exception):
+                raw.close()
         super().close()
 
 

@@ -1,4 +1,4 @@
-"""The SQLite adapter: WAL, busy timeout, BEGIN IMMEDIATE writes, claiming by UPDATE ... RETURNING."""
+"""The SQLite adapter: WAL, busy timeout, BEGIN IMMEDIATE writes, UPDATE ... RETURNING claims."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ ACK = (
     f"UPDATE flowpro_jobs SET {ACK_SET.format(v=':', t='', errors=':errors')} "
     "WHERE id = :id AND attempt = :attempt AND state = 'executing' RETURNING id"
 )
-INSERT = f"INSERT INTO flowpro_jobs ({INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, '[]', 0, ?, ?, ?, ?)"
+INSERT = (
+    f"INSERT INTO flowpro_jobs ({INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, '[]', 0, ?, ?, ?, ?)"
+)
 
 
 def ts(value: datetime | None) -> str | None:
