@@ -43,5 +43,6 @@ __all__ = [
     "Snooze",
     "StorageError",
     "Worker",
+    "WorkerNotFound",
     "worker",
 ]

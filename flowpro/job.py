@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -77,6 +78,17 @@ class Job:
     cancelled_at: datetime | None = None
     discarded_at: datetime | None = None
     recorded: bytes | None = field(default=None, repr=False)
+    # True while args hold decrypted data: repr() then hides them.
+    redacted: bool = field(default=False, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        args = "<encrypted>" if self.redacted else repr(self.args)
+        return (
+            f"Job(id={self.id!r}, state={str(self.state)!r}, queue={self.queue!r}, "
+            f"worker={self.worker!r}, args={args}, meta={self.meta!r}, tags={self.tags!r}, "
+            f"attempt={self.attempt}/{self.max_attempts}, priority={self.priority}, "
+            f"errors={len(self.errors)})"
+        )
 
     def at_once(self) -> bool:
         """Return whether the job was saved ready to run."""
@@ -94,6 +106,8 @@ class Job:
             value = getattr(self, name)
             if isinstance(value, datetime):
                 value = value.isoformat()
+            elif name == "args" and self.redacted:
+                value = "<encrypted>"
             elif name == "args" and hasattr(value, "model_dump"):
                 value = value.model_dump(mode="json")
             out[name] = value
@@ -101,7 +115,7 @@ class Job:
         return out
 
 
-_JOB_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f != "recorded")
+_JOB_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f not in ("recorded", "redacted"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +142,13 @@ class NewJob:
     max_attempts: int
     schedule_in: float | None = None
     scheduled_at: datetime | None = None
+    # Given the job's id, returns the stored args (an encrypted worker binds its ciphertext to
+    # the id); storage reserves ids before writing when a job has one.
+    seal: Callable[[int], str] | None = field(default=None, repr=False, compare=False)
+
+    def stored_args(self, job_id: int) -> str:
+        """Return the args as stored for the job with this id."""
+        return self.args_json if self.seal is None else self.seal(job_id)
 
     def resolve_scheduled_at(self, now: datetime) -> datetime:
         """Return when the job becomes available, given the insert time."""

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
-from flowpro.errors import ArgsError, ConfigError, WorkerNotFound
-from flowpro.job import Job, NewJob, encode_json, seconds
+from pydantic import BaseModel
+
+from flowpro.codecs import encrypted as encrypted_codec
+from flowpro.codecs import recorded as recorded_codec
+from flowpro.codecs import structured as structured_codec
+from flowpro.codecs.encrypted import EncryptedSpec
+from flowpro.codecs.recorded import RecordedSpec
+from flowpro.errors import ArgsError, ConfigError, DecryptError, RecordMissing, WorkerNotFound
+from flowpro.job import Job, JobState, NewJob, encode_json, seconds, utcnow
 
 _REGISTRY: dict[str, type[Worker]] = {}
 
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 20
+DEFAULT_MAX_ARGS_BYTES = 1_000_000
 
 
 def resolve_worker(name: str) -> type[Worker]:
@@ -63,6 +72,12 @@ class Worker:
     tags: ClassVar[tuple[str, ...]] = ()
     cron: ClassVar[str | None] = None
     is_async: ClassVar[bool] = False
+    structured: ClassVar[type[BaseModel] | None] = None
+    recorded: ClassVar[RecordedSpec | None] = None
+    encrypted: ClassVar[EncryptedSpec | None] = None
+    deadline: ClassVar[float | None] = None
+    aliases: ClassVar[tuple[str, ...]] = ()
+    max_args_bytes: ClassVar[int] = DEFAULT_MAX_ARGS_BYTES
 
     def __init_subclass__(
         cls,
@@ -74,6 +89,12 @@ class Worker:
         tags: Iterable[str] | None = None,
         name: str | None = None,
         cron: str | None = None,
+        structured: Any = None,
+        recorded: Any = None,
+        encrypted: Any = None,
+        deadline: float | timedelta | None = None,
+        aliases: Iterable[str] | None = None,
+        max_args_bytes: int | None = None,
         **options: Any,
     ) -> None:
         label = f"{cls.__module__}.{cls.__qualname__}"
@@ -100,8 +121,30 @@ class Worker:
         if name is not None and (not isinstance(name, str) or not name or len(name) > 255):
             raise ConfigError(f"{label}: name must be a non-empty string of at most 255 characters")
         cls.__flowpro_name__ = name or label
+        # Pro options: None inherits, False switches an inherited option off.
+        if structured is not None:
+            model = (
+                None
+                if structured is False
+                else structured_codec.spec_from_option(structured, label)
+            )
+            cls.structured = model
+        if recorded is not None:
+            cls.recorded = recorded_codec.spec_from_option(recorded, label)
+        if encrypted is not None:
+            cls.encrypted = encrypted_codec.spec_from_option(encrypted, label)
+        if deadline is not None:
+            cls.deadline = _check_timeout(deadline, label)
+        if max_args_bytes is not None:
+            if isinstance(max_args_bytes, bool) or not isinstance(max_args_bytes, int):
+                raise ConfigError(f"{label}: max_args_bytes must be an int, got {max_args_bytes!r}")
+            if max_args_bytes < 2:
+                raise ConfigError(f"{label}: max_args_bytes must be at least 2")
+            cls.max_args_bytes = max_args_bytes
+        cls.aliases = () if aliases is None else _check_tags(aliases, label)
         cls.is_async = inspect.iscoroutinefunction(cls.process)
-        _REGISTRY[cls.__flowpro_name__] = cls
+        for registered in (cls.__flowpro_name__, *cls.aliases):
+            _REGISTRY[registered] = cls
 
     def process(self, job: Job) -> Any:
         """Do the work of one job; the return value is the outcome.
@@ -169,13 +212,26 @@ class Worker:
         ):
             raise ConfigError(f"{label}.new: scheduled_at must be a timezone-aware datetime (UTC)")
         plain_args = cls.dump_args(args)
+        args_json = cls.encode_args(plain_args)
+        if len(args_json) > cls.max_args_bytes:
+            raise ArgsError(
+                f"{label}: args are {len(args_json)} bytes of JSON; the limit is "
+                f"{cls.max_args_bytes} (raise it with max_args_bytes=, or pass a reference)"
+            )
         meta_dict = _check_mapping(meta or {}, "meta", label)
+        delay = None if schedule_in is None else _check_delay(schedule_in, label)
+        if cls.deadline is not None:
+            start = scheduled_at or (utcnow() + timedelta(seconds=delay or 0.0))
+            meta_dict.setdefault(
+                "deadline_at", (start + timedelta(seconds=cls.deadline)).isoformat()
+            )
         job_tags = list(cls.tags) if tags is None else list(_check_tags(tags, label))
         return NewJob(
             worker=label,
             queue=cls.queue if queue is None else _check_queue(queue, label),
             args=plain_args,
-            args_json=cls.encode_args(plain_args),
+            args_json=args_json,
+            seal=cls._args_sealer(args_json) if cls.encrypted is not None else None,
             meta=meta_dict,
             meta_json=encode_json(meta_dict, what="meta"),
             tags=job_tags,
@@ -183,15 +239,19 @@ class Worker:
             max_attempts=(
                 cls.max_attempts if max_attempts is None else _check_attempts(max_attempts, label)
             ),
-            schedule_in=None if schedule_in is None else _check_delay(schedule_in, label),
+            schedule_in=delay,
             scheduled_at=scheduled_at,
         )
 
     # Codec hooks (the Pro worker options override these)
 
     @classmethod
-    def dump_args(cls, args: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Return args as a plain dict, validated for this worker."""
+    def dump_args(cls, args: Mapping[str, Any] | BaseModel | None) -> dict[str, Any]:
+        """Return args as a plain dict, validated for this worker (structured: by its model)."""
+        if cls.structured is not None:
+            return structured_codec.validate(
+                cls.structured, {} if args is None else args, redact=cls.encrypted is not None
+            )
         return _check_mapping(args or {}, "args", cls.__flowpro_name__)
 
     @classmethod
@@ -201,13 +261,170 @@ class Worker:
 
     @classmethod
     def load_args(cls, job: Job) -> Any:
-        """Return the args ``process`` sees, from the stored ones."""
-        return job.args
+        """Return the args ``process`` sees: decrypted, then validated into the model.
+
+        Raises:
+            DecryptError: encrypted args were tampered with or sealed with an unknown key.
+            ArgsError: the args no longer validate against the worker's model.
+        """
+        args = job.args
+        if cls.encrypted is not None:
+            plain = encrypted_codec.open_(
+                encrypted_codec.from_json(args),
+                cls.encrypted.key,
+                aad=encrypted_codec.job_aad(cls.__flowpro_name__, "args", str(job.id)),
+            )
+            try:
+                args = json.loads(plain)
+            except ValueError:
+                raise DecryptError("decrypted args are not JSON") from None
+        if cls.structured is not None:
+            return structured_codec.load(cls.structured, args, redact=cls.encrypted is not None)
+        return args
 
     @classmethod
     def pack_output(cls, job: Job, value: Any) -> bytes | None:
-        """Return the stored form of ``process``'s return value (None: nothing recorded)."""
-        return None
+        """Return the stored form of ``process``'s return value (None: nothing recorded).
+
+        Raises:
+            RecordTooLarge: the output is over the worker's recorded limit.
+            CodecError: the output is not strict JSON.
+        """
+        if cls.recorded is None or value is None:
+            return None
+        return recorded_codec.pack(
+            value,
+            limit=cls.recorded.limit,
+            seal=cls._sealer(job.id, "recorded"),
+            redact=cls.encrypted is not None,
+        )
+
+    @classmethod
+    def fetch_recorded(cls, job: Job | None) -> Any:
+        """Return the value ``process`` recorded for ``job``.
+
+        Args:
+            job: a job of this worker, e.g. ``fp.get_job(id)``.
+
+        Returns:
+            The recorded value (decrypted for an encrypted worker).
+
+        Raises:
+            RecordMissing: nothing is recorded (yet): the job has not completed, returned
+                None, or is missing.
+            ConfigError: the worker is not recorded.
+            DecryptError, CodecError: the stored record is corrupt or was tampered with.
+
+        Example:
+            >>> Fetch.fetch_recorded(fp.get_job(job.id))   # doctest: +SKIP
+            {'rows': 3}
+        """
+        if cls.recorded is None:
+            raise ConfigError(f"worker {cls.__flowpro_name__!r} is not recorded (recorded=True)")
+        if job is None:
+            raise RecordMissing("no job: nothing is recorded")
+        if job.recorded is None:
+            raise RecordMissing(f"job {job.id} has no recorded output (state {job.state})")
+        return recorded_codec.unpack(
+            job.recorded, limit=cls.recorded.limit, unseal=cls._opener(job.id, "recorded")
+        )
+
+    @classmethod
+    def describe_error(cls, job: Job, message: str, details: str | None) -> dict[str, Any]:
+        """Return the parts of an error entry to store; an encrypted worker seals them.
+
+        The message and traceback of an encrypted worker may quote its decrypted args, so they
+        are stored encrypted (readable with the key via ``read_error``) and only the exception
+        type stays in plaintext.
+        """
+        if cls.encrypted is None:
+            entry = {"error": message}
+            if details is not None:
+                entry["traceback"] = details
+            return entry
+        kind = message.split(":", 1)[0]
+        detail = json.dumps({"error": message, "traceback": details}).encode()
+        sealer = cls._sealer(job.id, "errors")
+        assert sealer is not None  # noqa: S101 - encrypted workers always have one
+        return {
+            "error": f"{kind} (message encrypted)",
+            "sealed": encrypted_codec.to_json(sealer(detail)),
+        }
+
+    @classmethod
+    def read_error(cls, job: Job, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """Return an error entry with an encrypted worker's message decrypted.
+
+        Example:
+            >>> SendReceipt.read_error(job, job.errors[-1])["error"]   # doctest: +SKIP
+            'RuntimeError: card declined'
+        """
+        if "sealed" not in entry or cls.encrypted is None:
+            return dict(entry)
+        opener = cls._opener(job.id, "errors")
+        assert opener is not None  # noqa: S101
+        detail: dict[str, Any] = json.loads(opener(encrypted_codec.from_json(entry["sealed"])))
+        return {k: v for k, v in entry.items() if k != "sealed"} | detail
+
+    # Encryption helpers
+
+    @classmethod
+    def _args_sealer(cls, args_json: str) -> Callable[[int], str]:
+        name = cls.__flowpro_name__
+        spec = cls.encrypted
+        assert spec is not None  # noqa: S101
+        plain = args_json.encode()
+
+        def seal(job_id: int) -> str:
+            aad = encrypted_codec.job_aad(name, "args", str(job_id))
+            envelope = encrypted_codec.seal(plain, spec.key, aad=aad)
+            return json.dumps(encrypted_codec.to_json(envelope))
+
+        return seal
+
+    @classmethod
+    def _sealer(cls, job_id: int, purpose: str) -> Callable[[bytes], bytes] | None:
+        spec = cls.encrypted
+        if spec is None:
+            return None
+        aad = encrypted_codec.job_aad(cls.__flowpro_name__, purpose, str(job_id))
+        return lambda data: encrypted_codec.seal(data, spec.key, aad=aad)
+
+    @classmethod
+    def _opener(cls, job_id: int, purpose: str) -> Callable[[bytes], bytes] | None:
+        spec = cls.encrypted
+        if spec is None:
+            return None
+        aad = encrypted_codec.job_aad(cls.__flowpro_name__, purpose, str(job_id))
+        return lambda data: encrypted_codec.open_(data, spec.key, aad=aad)
+
+    # Hooks
+
+    def before_process(self, job: Job) -> None:
+        """Run before ``process`` (raising fails the attempt like ``process`` raising).
+
+        Example:
+            >>> class Audited(Worker):
+            ...     def before_process(self, job):
+            ...         print("starting", job.id)
+        """
+
+    def after_process(self, state: JobState, job: Job, result: Any) -> None:
+        """Run after an attempt with the state it leads to and its result (the return value,
+        or the exception raised). Errors here are logged and change nothing.
+
+        Example:
+            >>> class Audited(Worker):
+            ...     def after_process(self, state, job, result):
+            ...         print(job.id, state)
+        """
+
+    def on_cancelled(self, job: Job, reason: str) -> None:
+        """Run when an attempt ends the job as cancelled (a ``Cancel`` or a passed deadline)."""
+
+    def on_discarded(self, job: Job, reason: str) -> None:
+        """Run when an attempt ends the job as discarded (attempts used up, ``Discard``, or
+        args that no longer validate or decrypt)."""
 
 
 W = TypeVar("W", bound=type[Worker])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from croniter import croniter
 
@@ -23,19 +23,34 @@ class CronEntry:
         self.build = build
 
 
+# How far back a leader looks for ticks it has not checked: a follower that becomes leader after
+# weeks must not insert weeks of ticks (the tick table forgets ticks older than a day, so they
+# would run twice). Ticks missed for longer than this, with no leader at all, are skipped.
+MAX_CATCH_UP = timedelta(hours=1)
+
+
 class Cron:
     """Inserts due ticks. The tick table's primary key makes each tick insert once, whichever
-    node is leader; only ticks after the node started are considered (no backfill storm)."""
+    node is leader; only ticks after the node started, and at most ``max_catch_up`` old, are
+    considered (no backfill storm)."""
 
-    def __init__(self, storage: Storage, entries: Sequence[CronEntry], *, since: datetime) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        entries: Sequence[CronEntry],
+        *,
+        since: datetime,
+        max_catch_up: timedelta = MAX_CATCH_UP,
+    ) -> None:
         self.storage = storage
         self.entries = list(entries)
+        self.max_catch_up = max_catch_up
         self._checked = since
 
     def due(self, entry: CronEntry, now: datetime) -> list[datetime]:
         """Return the ticks of ``entry`` after the last check, up to ``now``."""
         ticks: list[datetime] = []
-        it = croniter(entry.expression, self._checked)
+        it = croniter(entry.expression, max(self._checked, now - self.max_catch_up))
         while True:
             tick: datetime = it.get_next(datetime)
             if tick > now:

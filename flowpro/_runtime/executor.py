@@ -31,22 +31,27 @@ class JobTimeout(FlowproError, TimeoutError):
 # Preparing and concluding an attempt
 
 
-def prepare(job: Job) -> tuple[type[Worker] | None, Job | Ack]:
+def prepare(job: Job, now: datetime) -> tuple[type[Worker] | None, Job | Ack]:
     """Return the worker class and the job as ``process`` sees it, or the Ack ending it now."""
     try:
         cls = resolve_worker(job.worker)
     except WorkerNotFound as exc:
-        return None, _terminal(job, JobState.DISCARDED, str(exc), kind="worker_not_found")
+        return None, _terminal(None, job, JobState.DISCARDED, str(exc), "worker_not_found", now)
+    deadline = _deadline(job)
+    if deadline is not None and now > deadline:
+        message = f"deadline {deadline.isoformat()} passed before the job could start"
+        return cls, _terminal(cls, job, JobState.CANCELLED, message, "deadline", now)
     try:
         args = cls.load_args(job)
     except ArgsError as exc:
         # Args that no longer validate cannot succeed on a retry.
-        return cls, _terminal(
-            job, JobState.DISCARDED, f"args are no longer valid: {exc}", kind="args"
-        )
+        message = f"args are no longer valid: {exc}"
+        return cls, _terminal(cls, job, JobState.DISCARDED, message, "args", now)
     except CodecError as exc:
-        return cls, _terminal(job, JobState.DISCARDED, str(exc), kind=type(exc).__name__)
-    return cls, (job if args is job.args else dataclasses.replace(job, args=args))
+        return cls, _terminal(cls, job, JobState.DISCARDED, str(exc), type(exc).__name__, now)
+    if args is job.args and cls.encrypted is None:
+        return cls, job
+    return cls, dataclasses.replace(job, args=args, redacted=cls.encrypted is not None)
 
 
 def conclude(cls: type[Worker], worker: Worker, job: Job, result: Any, now: datetime) -> Ack:
@@ -62,28 +67,31 @@ def conclude(cls: type[Worker], worker: Worker, job: Job, result: Any, now: date
             max_attempts=job.max_attempts + 1,
         )
     if isinstance(result, Cancel):
-        return _terminal(job, JobState.CANCELLED, result.reason, kind="cancel", now=now)
+        return _terminal(cls, job, JobState.CANCELLED, result.reason, "cancel", now)
     if isinstance(result, Discard):
-        return _terminal(job, JobState.DISCARDED, result.reason, kind="discard", now=now)
+        return _terminal(cls, job, JobState.DISCARDED, result.reason, "discard", now)
     try:
         recorded = cls.pack_output(job, result)
     except CodecError as exc:
-        return fail(worker, job, exc, now)
+        return fail(cls, worker, job, exc, now)
     return Ack(id=job.id, attempt=job.attempt, state=JobState.COMPLETED, at=now, recorded=recorded)
 
 
-def fail(worker: Worker | None, job: Job, exc: BaseException, now: datetime) -> Ack:
+def fail(
+    cls: type[Worker] | None, worker: Worker | None, job: Job, exc: BaseException, now: datetime
+) -> Ack:
     """Return the Ack for an attempt that raised ``exc``: retryable with backoff, or discarded."""
-    entry = error_entry(job.attempt, now, _describe(exc))
+    details = None
     if not isinstance(exc, CodecError | JobTimeout):
-        entry["traceback"] = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:]
+        details = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:]
+    entry = _entry(cls, job, now, _describe(exc), "error", details)
     errors = [*job.errors, entry]
     if job.attempt >= job.max_attempts:
         return Ack(id=job.id, attempt=job.attempt, state=JobState.DISCARDED, at=now, errors=errors)
     try:
         delay = float(worker.backoff(job)) if worker is not None else 15.0
     except Exception:
-        log.exception("backoff() of %s failed; retrying in 15 s", job.worker)
+        log.warning("backoff() of %s failed; retrying in 15 s", job.worker)
         delay = 15.0
     return Ack(
         id=job.id,
@@ -96,11 +104,43 @@ def fail(worker: Worker | None, job: Job, exc: BaseException, now: datetime) -> 
 
 
 def _terminal(
-    job: Job, state: JobState, message: str, *, kind: str, now: datetime | None = None
+    cls: type[Worker] | None, job: Job, state: JobState, message: str, kind: str, now: datetime
 ) -> Ack:
-    at = now or utcnow()
-    errors = [*job.errors, error_entry(job.attempt, at, message, kind=kind)]
-    return Ack(id=job.id, attempt=job.attempt, state=state, at=at, errors=errors)
+    errors = [*job.errors, _entry(cls, job, now, message, kind, None)]
+    return Ack(id=job.id, attempt=job.attempt, state=state, at=now, errors=errors)
+
+
+def _entry(
+    cls: type[Worker] | None,
+    job: Job,
+    now: datetime,
+    message: str,
+    kind: str,
+    details: str | None,
+) -> dict[str, Any]:
+    entry = error_entry(job.attempt, now, message, kind=kind)
+    if cls is not None:
+        entry.update(cls.describe_error(job, message, details))
+    elif details is not None:
+        entry["traceback"] = details
+    return entry
+
+
+def _worker_class(job: Job) -> type[Worker] | None:
+    try:
+        return resolve_worker(job.worker)
+    except WorkerNotFound:
+        return None
+
+
+def _deadline(job: Job) -> datetime | None:
+    value = job.meta.get("deadline_at") if isinstance(job.meta, dict) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
 
 
 def _describe(exc: BaseException) -> str:
@@ -108,38 +148,80 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _run_hooks(cls: type[Worker], worker: Worker | None, ack: Ack, job: Job, result: Any) -> None:
+    """Call after_process and on_cancelled / on_discarded; their errors change nothing."""
+    if worker is None:
+        try:
+            worker = cls()
+        except Exception:
+            log.warning("cannot build %s to run its hooks", cls.__flowpro_name__)
+            return
+    if isinstance(result, Cancel | Discard):
+        reason = result.reason
+    elif isinstance(result, BaseException):
+        reason = _describe(result)
+    else:
+        reason = str(ack.errors[-1].get("error", "")) if ack.errors else ""
+    try:
+        worker.after_process(ack.state, job, result)
+        if ack.state is JobState.CANCELLED:
+            worker.on_cancelled(job, reason)
+        elif ack.state is JobState.DISCARDED:
+            worker.on_discarded(job, reason)
+    except Exception as exc:
+        # The message may quote decrypted args: name the type only for encrypted workers.
+        detail = type(exc).__name__ if cls.encrypted is not None else _describe(exc)
+        log.warning("a hook of %s failed: %s", cls.__flowpro_name__, detail)
+
+
 # Running
 
 
 def run_sync(job: Job, clock: Clock = utcnow) -> Ack:
     """Run one job in this thread (sync workers; async ones get a private loop)."""
-    cls, prepared = prepare(job)
+    cls, prepared = prepare(job, clock())
     if isinstance(prepared, Ack):
+        if cls is not None:
+            _run_hooks(cls, None, prepared, job, None)
         return prepared
     assert cls is not None  # noqa: S101 - prepare returns a class with every Job
-    worker = cls()
+    worker: Worker | None = None
+    result: Any = None
     try:
+        worker = cls()
+        worker.before_process(prepared)
         if cls.is_async:
             result = asyncio.run(_call_async(worker, prepared, cls.timeout))
         else:
             result = worker.process(prepared)
+        ack = conclude(cls, worker, prepared, result, clock())
     except Exception as exc:
-        return fail(worker, prepared, exc, clock())
-    return conclude(cls, worker, prepared, result, clock())
+        result = exc
+        ack = fail(cls, worker, prepared, exc, clock())
+    _run_hooks(cls, worker, ack, prepared, result)
+    return ack
 
 
 async def run_async(job: Job, clock: Clock = utcnow) -> Ack:
     """Run one job of an ``async def`` worker on the current loop, with its timeout."""
-    cls, prepared = prepare(job)
+    cls, prepared = prepare(job, clock())
     if isinstance(prepared, Ack):
+        if cls is not None:
+            _run_hooks(cls, None, prepared, job, None)
         return prepared
     assert cls is not None  # noqa: S101
-    worker = cls()
+    worker: Worker | None = None
+    result: Any = None
     try:
+        worker = cls()
+        worker.before_process(prepared)
         result = await _call_async(worker, prepared, cls.timeout)
+        ack = conclude(cls, worker, prepared, result, clock())
     except Exception as exc:
-        return fail(worker, prepared, exc, clock())
-    return conclude(cls, worker, prepared, result, clock())
+        result = exc
+        ack = fail(cls, worker, prepared, exc, clock())
+    _run_hooks(cls, worker, ack, prepared, result)
+    return ack
 
 
 async def _call_async(worker: Worker, job: Job, timeout: float | None) -> Any:
@@ -184,12 +266,8 @@ class Executor:
         try:
             ack = run_sync(job, self._clock)
         except BaseException as exc:  # JobTimeout injected by interrupt(), or worse
-            ack = fail(
-                None,
-                job,
-                exc if isinstance(exc, Exception) else JobTimeout(str(exc)),
-                self._clock(),
-            )
+            error = exc if isinstance(exc, Exception) else JobTimeout(type(exc).__name__)
+            ack = fail(_worker_class(job), None, job, error, self._clock())
         finally:
             self.threads.pop(job.id, None)
         self._on_done(job, ack)
@@ -198,7 +276,7 @@ class Executor:
         try:
             ack = future.result()
         except BaseException as exc:
-            ack = fail(None, job, exc, self._clock())
+            ack = fail(_worker_class(job), None, job, exc, self._clock())
         self._on_done(job, ack)
 
     def interrupt(self, job_id: int) -> bool:
@@ -217,16 +295,32 @@ class Executor:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(
-                    target=loop.run_forever, name="flowpro-async", daemon=True
+                    target=_serve_loop, args=(loop,), name="flowpro-async", daemon=True
                 )
                 thread.start()
                 self._loop = loop
             return self._loop
 
     def shutdown(self) -> None:
-        """Stop accepting attempts; running ones go on in their threads."""
+        """Stop accepting attempts; sync ones go on in their threads, async ones are cancelled."""
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._loop_lock:
             loop, self._loop = self._loop, None
         if loop is not None:
             loop.call_soon_threadsafe(loop.stop)
+
+
+def _serve_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Run the async workers' loop until stopped, then cancel what is left and close it."""
+    try:
+        loop.run_forever()
+    finally:
+        # Attempts still running at shutdown were handed back: cancel them so that the loop
+        # can be closed (an unclosed loop leaks its self-pipe sockets).
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

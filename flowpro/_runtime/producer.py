@@ -127,7 +127,7 @@ class Producer:
                 if running.deadline <= now:
                     cls = resolve_worker(running.job.worker)
                     exc = JobTimeout(f"attempt timed out after {cls.timeout:g}s")
-                    self._acks.append(fail(cls(), running.job, exc, self.clock()))
+                    self._acks.append(fail(cls, cls(), running.job, exc, self.clock()))
                     self._abandoned.add(job_id)
                     self.executor.interrupt(job_id)
                 elif upcoming is None or running.deadline < upcoming:

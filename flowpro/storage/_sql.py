@@ -182,6 +182,7 @@ class SqlStorage:
             attempted_by=None,
             inserted_at=now,
             scheduled_at=at,
+            redacted=new.seal is not None,
         )
 
     # Reading

@@ -135,7 +135,7 @@ class PostgresStorage(SqlStorage):
     def _insert(self, c: Connection, jobs: Sequence[NewJob], now: datetime) -> list[Job]:
         cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            if len(jobs) == 1:
+            if len(jobs) == 1 and jobs[0].seal is None:
                 job = jobs[0]
                 at = job.resolve_scheduled_at(now)
                 cur.execute(
@@ -168,7 +168,7 @@ class PostgresStorage(SqlStorage):
                         "states": ["available" if at <= now else "scheduled" for at in scheduled],
                         "queues": [job.queue for job in jobs],
                         "workers": [job.worker for job in jobs],
-                        "args": [job.args_json for job in jobs],
+                        "args": [job.stored_args(ids[i]) for i, job in enumerate(jobs)],
                         "metas": [job.meta_json for job in jobs],
                         "tags": [json.dumps(job.tags) for job in jobs],
                         "maxes": [job.max_attempts for job in jobs],
@@ -230,9 +230,10 @@ class PostgresStorage(SqlStorage):
                     claim_cur.execute(
                         CLAIM_QUEUE, {"now": now, "node": node, "demand": demand, "queue": queue}
                     )
+                # The commit travels in the same round trip; results are read once it is done.
+                raw.commit()
             applied = [row[0] for row in ack_cur.fetchall()] if acks else []
             rows = claim_cur.fetchall() if demand > 0 else []
-            raw.commit()
         except BaseException:
             raw.rollback()
             raise

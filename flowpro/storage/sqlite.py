@@ -34,8 +34,15 @@ ACK = (
     "WHERE id = :id AND attempt = :attempt AND state = 'executing' RETURNING id"
 )
 INSERT = (
-    f"INSERT INTO flowpro_jobs ({INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, '[]', 0, ?, ?, ?, ?)"
+    f"INSERT INTO flowpro_jobs (id, {INSERT_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, '[]', 0, ?, ?, ?, ?)"
 )
+ENSURE_SEQUENCE = (
+    "INSERT INTO sqlite_sequence (name, seq) "
+    "SELECT 'flowpro_jobs', COALESCE((SELECT max(id) FROM flowpro_jobs), 0) "
+    "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'flowpro_jobs')"
+)
+RESERVE_IDS = "UPDATE sqlite_sequence SET seq = seq + ? WHERE name = 'flowpro_jobs' RETURNING seq"
 
 
 def ts(value: datetime | None) -> str | None:
@@ -117,33 +124,35 @@ class SQLiteStorage(SqlStorage):
     # Inserting, claiming, acking
 
     def _insert(self, c: Connection, jobs: Sequence[NewJob], now: datetime) -> list[Job]:
-        now_text = ts(now)
-        rows = []
-        for job in jobs:
-            at = job.resolve_scheduled_at(now)
-            rows.append(
-                (
-                    "available" if at <= now else "scheduled",
-                    job.queue,
-                    job.worker,
-                    job.args_json,
-                    job.meta_json,
-                    json.dumps(job.tags),
-                    job.max_attempts,
-                    job.priority,
-                    now_text,
-                    ts(at),
-                )
-            )
         cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
+            # Reserve the ids first (like nextval): an encrypted job's ciphertext is bound to
+            # its id, and every saved job is matched to its id without reading it back.
+            cur.execute(ENSURE_SEQUENCE)
+            last = cur.execute(RESERVE_IDS, (len(jobs),)).fetchone()[0]
+            first = last - len(jobs) + 1
+            now_text = ts(now)
+            rows = []
+            for i, job in enumerate(jobs):
+                at = job.resolve_scheduled_at(now)
+                rows.append(
+                    (
+                        first + i,
+                        "available" if at <= now else "scheduled",
+                        job.queue,
+                        job.worker,
+                        job.stored_args(first + i),
+                        job.meta_json,
+                        json.dumps(job.tags),
+                        job.max_attempts,
+                        job.priority,
+                        now_text,
+                        ts(at),
+                    )
+                )
             cur.executemany(INSERT, rows)
-            # AUTOINCREMENT ids are consecutive within one write transaction: we hold the only
-            # write lock, so the ids are the last one and the n - 1 before it.
-            last = cur.execute("SELECT last_insert_rowid()").fetchone()[0]
         finally:
             cur.close()
-        first = last - len(rows) + 1
         return [self._saved(job, first + i, now) for i, job in enumerate(jobs)]
 
     def _fetch(
