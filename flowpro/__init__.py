@@ -20,6 +20,8 @@ from flowpro.errors import (
     StorageError,
     WorkerNotFound,
 )
+from flowpro.graph.status import WorkflowStatus
+from flowpro.graph.workflow import Workflow
 from flowpro.job import Cancel, Discard, Job, JobState, NewJob, Snooze
 from flowpro.worker import Worker, worker
 
@@ -44,5 +46,7 @@ __all__ = [
     "StorageError",
     "Worker",
     "WorkerNotFound",
+    "Workflow",
+    "WorkflowStatus",
     "worker",
 ]

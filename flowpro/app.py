@@ -7,12 +7,15 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 from flowpro._runtime.cron import CronEntry
 from flowpro._runtime.executor import run_sync
 from flowpro._runtime.node import Node, NodeConfig, node_name
-from flowpro.errors import ConfigError
+from flowpro.errors import ConfigError, GraphError
+from flowpro.graph import render
+from flowpro.graph.status import WorkflowStatus
+from flowpro.graph.workflow import Workflow
 from flowpro.job import Job, JobState, NewJob, utcnow
 from flowpro.storage import open_storage, resolve_url
 from flowpro.storage.base import Storage
@@ -97,25 +100,39 @@ class FlowPro:
 
     # Inserting
 
-    def insert(self, job: NewJob, *, conn: Any = None) -> Job:
-        """Save one job (in the caller's SQLAlchemy transaction when ``conn`` is given).
+    @overload
+    def insert(self, job: NewJob, *, conn: Any = None) -> Job: ...
+
+    @overload
+    def insert(self, job: Workflow, *, conn: Any = None) -> list[Job]: ...
+
+    def insert(self, job: NewJob | Workflow, *, conn: Any = None) -> Job | list[Job]:
+        """Save one job, or a whole workflow, in one transaction (the caller's SQLAlchemy
+        transaction when ``conn`` is given).
 
         Args:
-            job: an unsaved job from ``Worker.new``.
+            job: an unsaved job from ``Worker.new``, or a ``Workflow``.
             conn: an open SQLAlchemy ``Connection`` whose transaction the insert joins.
 
         Returns:
-            The saved job, with its ``id``.
+            The saved job with its ``id``; for a workflow, its saved steps in order.
 
         Raises:
             ArgsError: the args are invalid (nothing is written).
+            GraphError: the workflow is invalid: a cycle, an unknown dep (nothing is written).
             StorageError: the database failed.
 
         Example:
             >>> fp.insert(Fetch.new({"url": "https://x"}, schedule_in=60)).state  # doctest: +SKIP
             'scheduled'
         """
-        return self.insert_all([job], conn=conn)[0]
+        if isinstance(job, NewJob):
+            return self.insert_all([job], conn=conn)[0]
+        if isinstance(job, Workflow):
+            return self.storage.insert_plan(job.plan(), conn=conn)
+        raise TypeError(
+            f"insert expects a job from Worker.new() or a Workflow, got {type(job).__name__}"
+        )
 
     def insert_all(self, jobs: Iterable[NewJob], *, conn: Any = None) -> list[Job]:
         """Save many jobs in one transaction with bulk statements: all or none.
@@ -181,6 +198,39 @@ class FlowPro:
             'available'
         """
         return self.storage.retry_job(int(job_id), now=utcnow())
+
+    # Workflows
+
+    def workflow_status(self, workflow_id: str) -> WorkflowStatus:
+        """Return a workflow's state, step counts per state and duration (sub-workflows
+        included); reads only that workflow's steps.
+
+        Raises:
+            GraphError: there is no such workflow.
+
+        Example:
+            >>> fp.workflow_status(wf.workflow_id).counts   # doctest: +SKIP
+            {'completed': 4}
+        """
+        workflows, jobs, _edges = self.storage.workflow_rows(workflow_id)
+        if not workflows:
+            raise GraphError(f"there is no workflow {workflow_id!r}")
+        return WorkflowStatus.of(workflow_id, workflows, jobs)
+
+    def workflow_graph(self, workflow_id: str, format: str = "mermaid") -> str:
+        """Return a workflow run as a graph with each step's state: ``"mermaid"``, ``"dot"``
+        or ``"json"``.
+
+        Example:
+            >>> print(fp.workflow_graph(wf.workflow_id, format="dot"))   # doctest: +SKIP
+        """
+        renderers = {"mermaid": render.to_mermaid, "dot": render.to_dot, "json": render.to_json}
+        if format not in renderers:
+            raise ConfigError(f"unknown graph format {format!r}: use mermaid, dot or json")
+        workflows, jobs, edges = self.storage.workflow_rows(workflow_id)
+        if not workflows:
+            raise GraphError(f"there is no workflow {workflow_id!r}")
+        return renderers[format](render.from_run(workflow_id, workflows, jobs, edges))
 
     # Running
 
@@ -264,7 +314,7 @@ class FlowPro:
                 jobs = storage.fetch_jobs(queue, demand=DRAIN_BATCH, node=name, now=now)
                 if not jobs:
                     break
-                acks = [run_sync(job) for job in jobs]
+                acks = [run_sync(job, utcnow, storage) for job in jobs]
                 storage.ack_jobs(acks)
                 counts.update(str(ack.state) for ack in acks)
                 storage.heartbeat(name, queues=[queue or "*"], now=utcnow())

@@ -78,6 +78,9 @@ class Job:
     cancelled_at: datetime | None = None
     discarded_at: datetime | None = None
     recorded: bytes | None = field(default=None, repr=False)
+    workflow_id: str | None = None
+    step: str | None = None
+    batch_id: str | None = None
     # True while args hold decrypted data: repr() then hides them.
     redacted: bool = field(default=False, repr=False, compare=False)
 
@@ -145,6 +148,10 @@ class NewJob:
     # Given the job's id, returns the stored args (an encrypted worker binds its ciphertext to
     # the id); storage reserves ids before writing when a job has one.
     seal: Callable[[int], str] | None = field(default=None, repr=False, compare=False)
+    # Set by graphs (Workflow, Batch) when they plan their jobs.
+    workflow_id: str | None = None
+    step: str | None = None
+    batch_id: str | None = None
 
     def stored_args(self, job_id: int) -> str:
         """Return the args as stored for the job with this id."""
@@ -157,6 +164,49 @@ class NewJob:
         if self.schedule_in:
             return now + timedelta(seconds=self.schedule_in)
         return now
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedWorkflow:
+    """One workflow row of an insert plan (a sub-workflow has a parent and shares the root)."""
+
+    id: str
+    name: str | None
+    root_id: str
+    parent_id: str | None = None
+    ignore_cancelled: bool = False
+    ignore_discarded: bool = False
+    ignore_deleted: bool = False
+    context_json: str = "{}"
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedBatch:
+    """One batch row of an insert plan."""
+
+    id: str
+    name: str | None
+    callback_worker: str
+    callback_args_json: str = "{}"
+    callback_queue: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InsertPlan:
+    """Everything one ``fp.insert`` writes in one transaction.
+
+    ``deps`` are edges between planned jobs as (dependent index, dependency index);
+    ``external_deps`` are edges from a planned job to a step already in the database, as
+    (dependent index, workflow id, step name), used when a running workflow is appended to.
+    """
+
+    jobs: tuple[NewJob, ...]
+    deps: tuple[tuple[int, int], ...] = ()
+    external_deps: tuple[tuple[int, str, str], ...] = ()
+    workflows: tuple[PlannedWorkflow, ...] = ()
+    batches: tuple[PlannedBatch, ...] = ()
+    # A running workflow that the plan's steps join (their names must be new in it).
+    append_to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +261,8 @@ class Ack:
     errors: list[dict[str, Any]] | None = None
     max_attempts: int | None = None
     recorded: bytes | None = None
+    # The job belongs to a workflow or batch: its ack has follow-ups in the same transaction.
+    graph: bool = False
 
 
 # JSON codec for args and meta
@@ -238,7 +290,7 @@ def encode_json(value: Any, *, what: str = "args") -> str:
     except (TypeError, ValueError) as exc:
         raise ArgsError(f"{what} are not JSON-serialisable: {exc}") from None
     except RecursionError:
-        raise ArgsError(f"{what} are nested too deeply to encode as JSON") from None
+        raise ArgsError(f"{what} are nested too deeply (more than {MAX_DEPTH} levels)") from None
     # Escapes are only looked for when the cheap test hits; an escaped backslash before
     # 'u0000' is a literal, not a NUL.
     if "\\u0000" in text and _NUL.search(text):
@@ -264,18 +316,27 @@ def _is_valid_unicode(value: Any) -> bool:
     return True
 
 
+# Deeper JSON encodes, but json.loads recurses in C and fails reading it back (a row that
+# no query could load); PostgreSQL and SQLite would store it.
+MAX_DEPTH = 200
+
+
 def _check_keys(value: Any, what: str) -> None:
-    stack = [value]
+    stack = [(value, 1)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ArgsError(f"{what} are nested too deeply (more than {MAX_DEPTH} levels)")
         if isinstance(item, dict):
             for key, child in item.items():
                 if not isinstance(key, str):
                     raise ArgsError(f"{what} keys must be strings, got {key!r}")
                 if isinstance(child, dict | list | tuple):
-                    stack.append(child)
+                    stack.append((child, depth + 1))
         elif isinstance(item, list | tuple):
-            stack.extend(child for child in item if isinstance(child, dict | list | tuple))
+            stack.extend(
+                (child, depth + 1) for child in item if isinstance(child, dict | list | tuple)
+            )
 
 
 def _refuse(value: Any, what: str = "args") -> Any:

@@ -272,7 +272,7 @@ class Worker:
             plain = encrypted_codec.open_(
                 encrypted_codec.from_json(args),
                 cls.encrypted.key,
-                aad=encrypted_codec.job_aad(cls.__flowpro_name__, "args", str(job.id)),
+                aad=encrypted_codec.job_aad(job.worker, "args", str(job.id)),
             )
             try:
                 args = json.loads(plain)
@@ -295,7 +295,7 @@ class Worker:
         return recorded_codec.pack(
             value,
             limit=cls.recorded.limit,
-            seal=cls._sealer(job.id, "recorded"),
+            seal=cls._sealer(job, "recorded"),
             redact=cls.encrypted is not None,
         )
 
@@ -326,7 +326,7 @@ class Worker:
         if job.recorded is None:
             raise RecordMissing(f"job {job.id} has no recorded output (state {job.state})")
         return recorded_codec.unpack(
-            job.recorded, limit=cls.recorded.limit, unseal=cls._opener(job.id, "recorded")
+            job.recorded, limit=cls.recorded.limit, unseal=cls._opener(job, "recorded")
         )
 
     @classmethod
@@ -344,12 +344,15 @@ class Worker:
             return entry
         kind = message.split(":", 1)[0]
         detail = json.dumps({"error": message, "traceback": details}).encode()
-        sealer = cls._sealer(job.id, "errors")
+        sealer = cls._sealer(job, "errors")
         assert sealer is not None  # noqa: S101 - encrypted workers always have one
-        return {
-            "error": f"{kind} (message encrypted)",
-            "sealed": encrypted_codec.to_json(sealer(detail)),
-        }
+        try:
+            sealed = encrypted_codec.to_json(sealer(detail))
+        except ConfigError:
+            # The key source failed: drop the message rather than store it in plaintext (and
+            # never raise here, or the attempt could not be acked).
+            return {"error": f"{kind} (message withheld: the encryption key is unavailable)"}
+        return {"error": f"{kind} (message encrypted)", "sealed": sealed}
 
     @classmethod
     def read_error(cls, job: Job, entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -361,7 +364,7 @@ class Worker:
         """
         if "sealed" not in entry or cls.encrypted is None:
             return dict(entry)
-        opener = cls._opener(job.id, "errors")
+        opener = cls._opener(job, "errors")
         assert opener is not None  # noqa: S101
         detail: dict[str, Any] = json.loads(opener(encrypted_codec.from_json(entry["sealed"])))
         return {k: v for k, v in entry.items() if k != "sealed"} | detail
@@ -383,19 +386,21 @@ class Worker:
         return seal
 
     @classmethod
-    def _sealer(cls, job_id: int, purpose: str) -> Callable[[bytes], bytes] | None:
+    def _sealer(cls, job: Job, purpose: str) -> Callable[[bytes], bytes] | None:
         spec = cls.encrypted
         if spec is None:
             return None
-        aad = encrypted_codec.job_aad(cls.__flowpro_name__, purpose, str(job_id))
+        # Bound to the name stored with the job (the one its args were sealed under), so a
+        # job inserted under an alias still opens after a rename.
+        aad = encrypted_codec.job_aad(job.worker, purpose, str(job.id))
         return lambda data: encrypted_codec.seal(data, spec.key, aad=aad)
 
     @classmethod
-    def _opener(cls, job_id: int, purpose: str) -> Callable[[bytes], bytes] | None:
+    def _opener(cls, job: Job, purpose: str) -> Callable[[bytes], bytes] | None:
         spec = cls.encrypted
         if spec is None:
             return None
-        aad = encrypted_codec.job_aad(cls.__flowpro_name__, purpose, str(job_id))
+        aad = encrypted_codec.job_aad(job.worker, purpose, str(job.id))
         return lambda data: encrypted_codec.open_(data, spec.key, aad=aad)
 
     # Hooks

@@ -13,8 +13,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
-from flowpro.errors import ArgsError, CodecError, FlowproError, WorkerNotFound
+from flowpro._runtime.context import current_storage
+from flowpro.errors import ArgsError, CodecError, ConfigError, FlowproError, WorkerNotFound
 from flowpro.job import Ack, Cancel, Discard, Job, JobState, Snooze, error_entry, utcnow
+from flowpro.storage.base import Storage
 from flowpro.worker import Worker, resolve_worker
 
 log = logging.getLogger("flowpro.executor")
@@ -40,15 +42,30 @@ def prepare(job: Job, now: datetime) -> tuple[type[Worker] | None, Job | Ack]:
     deadline = _deadline(job)
     if deadline is not None and now > deadline:
         message = f"deadline {deadline.isoformat()} passed before the job could start"
-        return cls, _terminal(cls, job, JobState.CANCELLED, message, "deadline", now)
+        # flowpro's own message quotes no job data: stored plain even for encrypted workers.
+        return cls, _terminal(None, job, JobState.CANCELLED, message, "deadline", now)
     try:
         args = cls.load_args(job)
     except ArgsError as exc:
-        # Args that no longer validate cannot succeed on a retry.
+        # Args that no longer validate cannot succeed on a retry. The message may name keys
+        # of decrypted args, so an encrypted worker seals it.
         message = f"args are no longer valid: {exc}"
         return cls, _terminal(cls, job, JobState.DISCARDED, message, "args", now)
     except CodecError as exc:
-        return cls, _terminal(cls, job, JobState.DISCARDED, str(exc), type(exc).__name__, now)
+        # Tampered or wrong-key args; DecryptError messages hold no plaintext or key.
+        kind = type(exc).__name__
+        return cls, _terminal(None, job, JobState.DISCARDED, _describe(exc), kind, now)
+    except ConfigError as exc:
+        # The key source failed (unset variable, secret store down): retry once it is back.
+        # Its messages never contain a key, and no key is at hand to seal them.
+        try:
+            worker = cls()  # for its backoff()
+        except Exception:
+            worker = None
+        return cls, fail(None, worker, job, exc, now)
+    except Exception as exc:
+        # A custom validator of the args model raised something other than ValueError.
+        return cls, fail(cls, None, job, exc, now)
     if args is job.args and cls.encrypted is None:
         return cls, job
     return cls, dataclasses.replace(job, args=args, redacted=cls.encrypted is not None)
@@ -118,6 +135,8 @@ def _entry(
     kind: str,
     details: str | None,
 ) -> dict[str, Any]:
+    message = _storable(message)
+    details = None if details is None else _storable(details)
     entry = error_entry(job.attempt, now, message, kind=kind)
     if cls is not None:
         entry.update(cls.describe_error(job, message, details))
@@ -141,6 +160,18 @@ def _deadline(job: Job) -> datetime | None:
         return datetime.fromisoformat(value)
     except ValueError:
         return None
+
+
+def _storable(text: str) -> str:
+    """Return ``text`` without NUL or unpaired surrogates, which PostgreSQL's JSON refuses
+    (an error entry holding one would make the ack fail and strand the job)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _describe(exc: BaseException) -> str:
@@ -177,8 +208,16 @@ def _run_hooks(cls: type[Worker], worker: Worker | None, ack: Ack, job: Job, res
 # Running
 
 
-def run_sync(job: Job, clock: Clock = utcnow) -> Ack:
+def run_sync(job: Job, clock: Clock = utcnow, storage: Storage | None = None) -> Ack:
     """Run one job in this thread (sync workers; async ones get a private loop)."""
+    token = current_storage.set(storage)
+    try:
+        return _run_sync(job, clock)
+    finally:
+        current_storage.reset(token)
+
+
+def _run_sync(job: Job, clock: Clock) -> Ack:
     cls, prepared = prepare(job, clock())
     if isinstance(prepared, Ack):
         if cls is not None:
@@ -202,8 +241,16 @@ def run_sync(job: Job, clock: Clock = utcnow) -> Ack:
     return ack
 
 
-async def run_async(job: Job, clock: Clock = utcnow) -> Ack:
+async def run_async(job: Job, clock: Clock = utcnow, storage: Storage | None = None) -> Ack:
     """Run one job of an ``async def`` worker on the current loop, with its timeout."""
+    token = current_storage.set(storage)
+    try:
+        return await _run_async(job, clock)
+    finally:
+        current_storage.reset(token)
+
+
+async def _run_async(job: Job, clock: Clock) -> Ack:
     cls, prepared = prepare(job, clock())
     if isinstance(prepared, Ack):
         if cls is not None:
@@ -239,7 +286,15 @@ class Executor:
     ``on_done(job, ack)`` is called from the running thread when an attempt ends.
     """
 
-    def __init__(self, *, threads: int, on_done: Callable[[Job, Ack], None], clock: Clock) -> None:
+    def __init__(
+        self,
+        *,
+        threads: int,
+        on_done: Callable[[Job, Ack], None],
+        clock: Clock,
+        storage: Storage | None = None,
+    ) -> None:
+        self._storage = storage
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="flowpro")
         self._on_done = on_done
         self._clock = clock
@@ -255,7 +310,7 @@ class Executor:
             is_async = False
         if is_async:
             future = asyncio.run_coroutine_threadsafe(
-                run_async(job, self._clock), self._event_loop()
+                run_async(job, self._clock, self._storage), self._event_loop()
             )
             future.add_done_callback(lambda f: self._finish(job, f))
         else:
@@ -264,7 +319,7 @@ class Executor:
     def _run_in_thread(self, job: Job) -> None:
         self.threads[job.id] = threading.get_ident()
         try:
-            ack = run_sync(job, self._clock)
+            ack = run_sync(job, self._clock, self._storage)
         except BaseException as exc:  # JobTimeout injected by interrupt(), or worse
             error = exc if isinstance(exc, Exception) else JobTimeout(type(exc).__name__)
             ack = fail(_worker_class(job), None, job, error, self._clock())

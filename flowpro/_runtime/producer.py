@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -51,7 +52,9 @@ class Producer:
         self.poll_interval = poll_interval
         self.clock = clock
         self.linger = linger
-        self.executor = Executor(threads=limit, on_done=self._done, clock=clock)
+        self.executor = Executor(
+            threads=limit, on_done=self._done, clock=clock, storage=storage
+        )
         self._lock = threading.Lock()
         self._event = threading.Event()
         self._running: dict[int, _Running] = {}
@@ -103,7 +106,8 @@ class Producer:
             abandoned = job.id in self._abandoned
             self._abandoned.discard(job.id)
             if not abandoned:
-                self._acks.append(ack)
+                graph = job.workflow_id is not None or job.batch_id is not None
+                self._acks.append(dataclasses.replace(ack, graph=True) if graph else ack)
             # Otherwise it was acked as timed out (or handed back): this result changes nothing.
         self._event.set()
 
@@ -127,7 +131,9 @@ class Producer:
                 if running.deadline <= now:
                     cls = resolve_worker(running.job.worker)
                     exc = JobTimeout(f"attempt timed out after {cls.timeout:g}s")
-                    self._acks.append(fail(cls, cls(), running.job, exc, self.clock()))
+                    ack = fail(cls, cls(), running.job, exc, self.clock())
+                    graph = running.job.workflow_id is not None or running.job.batch_id is not None
+                    self._acks.append(dataclasses.replace(ack, graph=graph))
                     self._abandoned.add(job_id)
                     self.executor.interrupt(job_id)
                 elif upcoming is None or running.deadline < upcoming:

@@ -14,7 +14,8 @@ from sqlalchemy import BindParameter, Connection, Engine, bindparam, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from flowpro.errors import StorageError
-from flowpro.job import Ack, Job, JobState, NewJob
+from flowpro.job import Ack, InsertPlan, Job, JobState, NewJob
+from flowpro.storage import _graph as graph
 from flowpro.storage.base import Wakeup
 
 log = logging.getLogger("flowpro.storage")
@@ -24,7 +25,7 @@ T = TypeVar("T")
 JOB_COLUMNS = (
     "id, state, queue, worker, args, meta, tags, errors, attempt, max_attempts, priority, "
     "attempted_by, inserted_at, scheduled_at, attempted_at, completed_at, cancelled_at, "
-    "discarded_at, recorded"
+    "discarded_at, recorded, workflow_id, step, batch_id"
 )
 INSERT_COLUMNS = (
     "state, queue, worker, args, meta, tags, errors, attempt, max_attempts, priority, "
@@ -162,14 +163,16 @@ class SqlStorage:
             cancelled_at=dt(row[16]),
             discarded_at=dt(row[17]),
             recorded=bytes(row[18]) if row[18] is not None else None,
+            workflow_id=row[19],
+            step=row[20],
+            batch_id=row[21],
         )
 
-    def _saved(self, new: NewJob, job_id: int, now: datetime) -> Job:
+    def _saved(self, new: NewJob, job_id: int, now: datetime, state: JobState) -> Job:
         """Return the Job a NewJob became, without reading it back."""
-        at = new.resolve_scheduled_at(now)
         return Job(
             id=job_id,
-            state=JobState.AVAILABLE if at <= now else JobState.SCHEDULED,
+            state=state,
             queue=new.queue,
             worker=new.worker,
             args=new.args,
@@ -181,7 +184,10 @@ class SqlStorage:
             priority=new.priority,
             attempted_by=None,
             inserted_at=now,
-            scheduled_at=at,
+            scheduled_at=new.resolve_scheduled_at(now),
+            workflow_id=new.workflow_id,
+            step=new.step,
+            batch_id=new.batch_id,
             redacted=new.seal is not None,
         )
 
@@ -250,6 +256,97 @@ class SqlStorage:
             lambda c: c.execute(sql, {"queue": queue}).first() is not None, what="has_available"
         )
 
+    # Graphs
+
+    def find_step(self, workflow_id: str, step: str) -> Job | None:
+        """Return the job of a workflow step, or None."""
+        sql = text(
+            f"SELECT {JOB_COLUMNS} FROM flowpro_jobs WHERE workflow_id = :wf AND step = :step"
+        )
+
+        def run(c: Connection) -> Job | None:
+            row = c.execute(sql, {"wf": workflow_id, "step": step}).first()
+            return self._job(row) if row is not None else None
+
+        return self._read(run, what="find_step")
+
+    def dependencies(self, job_id: int) -> list[Job]:
+        """Return the jobs ``job_id`` depends on."""
+        sql = text(
+            f"SELECT {JOB_COLUMNS} FROM flowpro_jobs WHERE id IN "
+            "(SELECT dep_id FROM flowpro_deps WHERE job_id = :id) ORDER BY id"
+        )
+        return self._read(
+            lambda c: [self._job(r) for r in c.execute(sql, {"id": job_id})], what="dependencies"
+        )
+
+    def workflow_context(self, workflow_id: str) -> dict[str, Any] | None:
+        """Return a workflow's shared context, or None when there is no such workflow."""
+        sql = text("SELECT context FROM flowpro_workflows WHERE id = :id")
+
+        def run(c: Connection) -> dict[str, Any] | None:
+            row = c.execute(sql, {"id": workflow_id}).first()
+            return None if row is None else dict(self._json_out(row[0]))
+
+        return self._read(run, what="workflow_context")
+
+    def workflow_rows(
+        self, workflow_id: str
+    ) -> tuple[list[dict[str, Any]], list[Job], list[tuple[int, int]]]:
+        """Return a workflow and its sub-workflows: their rows, their jobs, and the edges
+        (job id, dep id) between those jobs."""
+
+        def run(c: Connection) -> tuple[list[dict[str, Any]], list[Job], list[tuple[int, int]]]:
+            ids = graph.workflow_ids(c, workflow_id)
+            if not ids:
+                return [], [], []
+            wf_sql = text(
+                "SELECT id, name, parent_id, ignore_cancelled, ignore_discarded, "
+                "ignore_deleted, inserted_at FROM flowpro_workflows WHERE id IN :ids"
+            ).bindparams(bindparam("ids", expanding=True))
+            workflows = [
+                {
+                    "id": r[0],
+                    "name": r[1],
+                    "parent_id": r[2],
+                    "ignore_cancelled": bool(r[3]),
+                    "ignore_discarded": bool(r[4]),
+                    "ignore_deleted": bool(r[5]),
+                    "inserted_at": self._dt(r[6]),
+                }
+                for r in c.execute(wf_sql, {"ids": ids})
+            ]
+            job_sql = text(
+                f"SELECT {JOB_COLUMNS} FROM flowpro_jobs WHERE workflow_id IN :ids ORDER BY id"
+            ).bindparams(bindparam("ids", expanding=True))
+            jobs = [self._job(r) for r in c.execute(job_sql, {"ids": ids})]
+            edges: list[tuple[int, int]] = []
+            if jobs:
+                edge_sql = text(
+                    "SELECT job_id, dep_id FROM flowpro_deps WHERE job_id IN :jobs"
+                ).bindparams(bindparam("jobs", expanding=True))
+                edges = [(r[0], r[1]) for r in c.execute(edge_sql, {"jobs": [j.id for j in jobs]})]
+            return workflows, jobs, edges
+
+        return self._read(run, what="workflow_rows")
+
+    def workflow_counts(self, workflow_ids: Sequence[str]) -> dict[str, int]:
+        """Return the number of steps per state over these workflows (index only)."""
+        sql = text(
+            "SELECT state, count(*) FROM flowpro_jobs WHERE workflow_id IN :ids GROUP BY state"
+        ).bindparams(bindparam("ids", expanding=True))
+        return self._read(
+            lambda c: {r[0]: int(r[1]) for r in c.execute(sql, {"ids": list(workflow_ids)})},
+            what="workflow_counts",
+        )
+
+    def batch_jobs(self, batch_id: str) -> list[Job]:
+        """Return the members of a batch."""
+        sql = text(f"SELECT {JOB_COLUMNS} FROM flowpro_jobs WHERE batch_id = :id ORDER BY id")
+        return self._read(
+            lambda c: [self._job(r) for r in c.execute(sql, {"id": batch_id})], what="batch_jobs"
+        )
+
     # Lifecycle writes
 
     def stage_jobs(self, *, now: datetime, limit: int = 5_000) -> list[str]:
@@ -283,12 +380,20 @@ class SqlStorage:
             "discarded_at = CASE WHEN attempt >= max_attempts THEN :now ELSE discarded_at END, "
             f"errors = {self._json_append('errors', 'entry')} "
             "WHERE state = 'executing' AND (attempted_by IS NULL OR attempted_by NOT IN ("
-            "SELECT name FROM flowpro_nodes WHERE heartbeat_at >= :alive)) RETURNING queue"
+            "SELECT name FROM flowpro_nodes WHERE heartbeat_at >= :alive)) "
+            "RETURNING id, state, queue, workflow_id, batch_id, attempt"
         )
         params = {"now": self._ts(now), "alive": self._ts(alive_since), "entry": entry}
-        queues = self._write(lambda c: [row[0] for row in c.execute(sql, params)], what="rescue")
-        if queues:
-            self.notify(sorted(set(queues)))
+        released: list[str] = []
+
+        def run(c: Connection) -> list[str]:
+            rows = c.execute(sql, params).fetchall()
+            self._follow_up(c, rows, now, released)
+            return [row[2] for row in rows]
+
+        queues = self._write(run, what="rescue")
+        if queues or released:
+            self.notify(sorted({*queues, *released}))
         return len(queues)
 
     def hand_back_jobs(self, node: str, ids: Sequence[int], *, now: datetime) -> int:
@@ -297,32 +402,113 @@ class SqlStorage:
             return 0
         sql = text(
             "UPDATE flowpro_jobs SET state = 'available', max_attempts = max_attempts + 1 "
-            "WHERE id IN :ids AND attempted_by = :node AND state = 'executing' RETURNING queue"
+            "WHERE id IN :ids AND attempted_by = :node AND state = 'executing' "
+            "RETURNING id, state, queue, workflow_id, batch_id, attempt"
         ).bindparams(bindparam("ids", expanding=True))
         params = {"ids": list(ids), "node": node}
-        queues = self._write(lambda c: [row[0] for row in c.execute(sql, params)], what="hand_back")
-        if queues:
-            self.notify(sorted(set(queues)))
+        released: list[str] = []
+
+        def run(c: Connection) -> list[str]:
+            rows = c.execute(sql, params).fetchall()
+            self._follow_up(c, rows, now, released)
+            return [row[2] for row in rows]
+
+        queues = self._write(run, what="hand_back")
+        if queues or released:
+            self.notify(sorted({*queues, *released}))
         return len(queues)
 
+    def _follow_up(
+        self, c: Connection, rows: Sequence[Any], now: datetime, released: list[str]
+    ) -> None:
+        """Follow up jobs that left ``executing`` outside an ack: rows are (id, state, queue,
+        workflow_id, batch_id, attempt); an attempt-1 job's first attempt has ended."""
+        moves = [
+            (row[0], _STATES[row[1]], row[3], row[4], row[5] == 1)
+            for row in rows
+            if row[3] is not None or row[4] is not None
+        ]
+        if moves:
+            graph.transitions(self, c, moves, now, released)
+
     def prune_jobs(self, *, before: datetime, limit: int = 10_000) -> int:
-        """Delete terminal jobs that finished before ``before``."""
-        sql = text(
+        """Delete terminal jobs that finished before ``before``.
+
+        Workflows go as a unit: their steps, edges and rows are deleted only once every step
+        of the root workflow (sub-workflows included) is terminal, so a running workflow never
+        loses a dep. Batch rows go once they have no members left.
+        """
+        plain = text(
             "DELETE FROM flowpro_jobs WHERE id IN (SELECT id FROM flowpro_jobs "
-            f"WHERE state IN {TERMINAL} AND "
+            f"WHERE state IN {TERMINAL} AND workflow_id IS NULL AND "
             "COALESCE(completed_at, cancelled_at, discarded_at) < :before LIMIT :limit)"
         )
+        done_roots = text(
+            "SELECT w.root_id FROM flowpro_workflows w "
+            "LEFT JOIN flowpro_jobs j ON j.workflow_id = w.id GROUP BY w.root_id "
+            f"HAVING sum(CASE WHEN j.id IS NOT NULL AND j.state NOT IN {TERMINAL} "
+            "THEN 1 ELSE 0 END) = 0 AND max(w.inserted_at) < :before AND "
+            "(max(COALESCE(j.completed_at, j.cancelled_at, j.discarded_at)) IS NULL OR "
+            "max(COALESCE(j.completed_at, j.cancelled_at, j.discarded_at)) < :before) "
+            "LIMIT 100"
+        )
+        ids_of = "SELECT id FROM flowpro_workflows WHERE root_id IN :roots"
+        delete_deps = text(
+            "DELETE FROM flowpro_deps WHERE job_id IN (SELECT id FROM flowpro_jobs "
+            f"WHERE workflow_id IN ({ids_of}))"
+        ).bindparams(bindparam("roots", expanding=True))
+        delete_steps = text(f"DELETE FROM flowpro_jobs WHERE workflow_id IN ({ids_of})").bindparams(
+            bindparam("roots", expanding=True)
+        )
+        delete_workflows = text("DELETE FROM flowpro_workflows WHERE root_id IN :roots").bindparams(
+            bindparam("roots", expanding=True)
+        )
+        delete_batches = text(
+            "DELETE FROM flowpro_batches WHERE inserted_at < :before AND NOT EXISTS "
+            "(SELECT 1 FROM flowpro_jobs j WHERE j.batch_id = flowpro_batches.id)"
+        )
+        delete_callbacks = text(
+            "DELETE FROM flowpro_batch_callbacks WHERE NOT EXISTS "
+            "(SELECT 1 FROM flowpro_batches b WHERE b.id = flowpro_batch_callbacks.batch_id)"
+        )
         params = {"before": self._ts(before), "limit": limit}
-        return self._write(lambda c: c.execute(sql, params).rowcount or 0, what="prune_jobs")
+
+        def run(c: Connection) -> int:
+            deleted = c.execute(plain, params).rowcount or 0
+            roots = [row[0] for row in c.execute(done_roots, params)]
+            if roots:
+                c.execute(delete_deps, {"roots": roots})
+                deleted += c.execute(delete_steps, {"roots": roots}).rowcount or 0
+                c.execute(delete_workflows, {"roots": roots})
+            c.execute(delete_batches, params)
+            c.execute(delete_callbacks)
+            return deleted
+
+        return self._write(run, what="prune_jobs")
 
     def cancel_job(self, job_id: int, *, now: datetime) -> Job | None:
-        """Cancel a job that has not finished; return it (None when missing)."""
+        """Cancel a job that has not finished (cascading to workflow steps that wait on it);
+        return it (None when missing)."""
+        before = text(f"SELECT state FROM flowpro_jobs WHERE id = :id{self._for_update_plain()}")
         sql = text(
             "UPDATE flowpro_jobs SET state = 'cancelled', cancelled_at = :now "
             f"WHERE id = :id AND state NOT IN {TERMINAL} RETURNING {JOB_COLUMNS}"
         )
         params = {"id": job_id, "now": self._ts(now)}
-        row = self._write(lambda c: c.execute(sql, params).first(), what="cancel_job")
+        released: list[str] = []
+
+        def run(c: Connection) -> Any:
+            prior = c.execute(before, params).scalar()
+            row = c.execute(sql, params).first()
+            if row is not None and (row[19] is not None or row[21] is not None):
+                first = prior == "executing" and row[8] == 1
+                moves = [(row[0], JobState.CANCELLED, row[19], row[21], first)]
+                graph.transitions(self, c, moves, now, released)
+            return row
+
+        row = self._write(run, what="cancel_job")
+        if released:
+            self.notify(sorted(set(released)))
         return self._job(row) if row is not None else self.get_job(job_id)
 
     def retry_job(self, job_id: int, *, now: datetime) -> Job | None:
@@ -389,8 +575,10 @@ class SqlStorage:
         sql = text("DELETE FROM flowpro_leader WHERE name = 'flowpro' AND node = :node")
         self._write(lambda c: c.execute(sql, {"node": node}), what="resign_leader")
 
-    def insert_cron_job(self, name: str, tick: datetime, job: NewJob) -> Job | None:
-        """Insert the job of one cron tick unless that tick was inserted already."""
+    def insert_cron_job(self, name: str, tick: datetime, job: NewJob | InsertPlan) -> Job | None:
+        """Insert the job (or plan, e.g. a workflow) of one cron tick unless that tick was
+        inserted already; return its (first) job."""
+        plan = job if isinstance(job, InsertPlan) else InsertPlan((job,))
         claim = text(
             "INSERT INTO flowpro_cron_ticks (name, tick, inserted_at) VALUES (:name, :tick, :now) "
             "ON CONFLICT DO NOTHING RETURNING name"
@@ -404,13 +592,15 @@ class SqlStorage:
             params = {"name": name, "tick": self._ts(tick), "now": self._ts(now)}
             if c.execute(claim, params).first() is None:
                 return None
-            saved = self._insert(c, [job], now)[0]
-            c.execute(mark, {**params, "id": saved.id})
-            return saved
+            saved = self._insert_plan(c, plan, now)
+            c.execute(mark, {**params, "id": saved[0].id})
+            queues.extend(j.queue for j in saved if j.state is JobState.AVAILABLE)
+            return saved[0]
 
+        queues: list[str] = []
         inserted = self._write(run, what="insert_cron_job")
-        if inserted is not None:
-            self.notify([inserted.queue])
+        if queues:
+            self._wake_local(sorted(set(queues)))
         return inserted
 
     def prune_cron_ticks(self, *, before: datetime) -> int:
@@ -428,48 +618,99 @@ class SqlStorage:
 
     def insert_jobs(self, jobs: Sequence[NewJob], *, conn: Any = None) -> list[Job]:
         """Insert jobs in one transaction (the caller's when ``conn`` is given)."""
-        if not jobs:
+        return self.insert_plan(InsertPlan(tuple(jobs)), conn=conn)
+
+    def insert_plan(self, plan: InsertPlan, *, conn: Any = None) -> list[Job]:
+        """Insert a plan (jobs, workflows, batches, edges) in one transaction."""
+        if not plan.jobs:
             return []
         now = self._now()
-        saved = self._write(lambda c: self._insert(c, jobs, now), what="insert_jobs", conn=conn)
+        saved = self._write(lambda c: self._insert_plan(c, plan, now), what="insert", conn=conn)
         queues = sorted({j.queue for j in saved if j.state is JobState.AVAILABLE})
         if queues:
             self._wake_local(queues)
         return saved
+
+    def _insert_plan(self, c: Connection, plan: InsertPlan, now: datetime) -> list[Job]:
+        if not plan.workflows and not plan.batches and not plan.deps and not plan.external_deps:
+            fast = self._insert_simple(c, plan.jobs, now)
+            if fast is not None:
+                return fast
+        return graph.insert_plan(self, c, plan, now)
+
+    def _insert_simple(
+        self, c: Connection, jobs: Sequence[NewJob], now: datetime
+    ) -> list[Job] | None:
+        """Insert plain jobs; adapters may take a faster path (None: use the general one)."""
+        return None
 
     def fetch_jobs(self, queue: str | None, *, demand: int, node: str, now: datetime) -> list[Job]:
         """Claim up to ``demand`` available jobs, best priority and oldest first."""
         return self._write(lambda c: self._fetch(c, queue, demand, node, now), what="fetch_jobs")
 
     def ack_jobs(self, acks: Sequence[Ack]) -> list[int]:
-        """Write outcomes back, fenced by (id, attempt); return the ids that applied."""
+        """Write outcomes back, fenced by (id, attempt); return the ids that applied.
+
+        What follows from a job finishing (releasing workflow steps, batch callbacks) happens
+        in the same transaction, so it happens exactly once.
+        """
         if not acks:
             return []
-        return self._write(lambda c: self._ack(c, acks), what="ack_jobs")
+        released: list[str] = []
+
+        def run(c: Connection) -> list[int]:
+            return graph.after_ack(self, c, acks, self._ack(c, acks), released)
+
+        applied = self._write(run, what="ack_jobs")
+        if released:
+            self._wake_local(released)
+        return applied
 
     def ack_and_fetch(
         self, acks: Sequence[Ack], queue: str, *, demand: int, node: str, now: datetime
     ) -> tuple[list[int], list[Job]]:
         """Ack finished attempts and claim new jobs in one transaction (one commit)."""
+        released: list[str] = []
 
         def run(c: Connection) -> tuple[list[int], list[Job]]:
-            applied = self._ack(c, acks) if acks else []
+            applied = graph.after_ack(self, c, acks, self._ack(c, acks), released) if acks else []
             jobs = self._fetch(c, queue, demand, node, now) if demand > 0 else []
             return applied, jobs
 
-        return self._write(run, what="ack_and_fetch")
+        result = self._write(run, what="ack_and_fetch")
+        if released:
+            self._wake_local(released)
+        return result
 
-    # The adapters implement these three on an open transaction.
+    # The adapters implement these on an open transaction.
 
-    def _insert(self, c: Connection, jobs: Sequence[NewJob], now: datetime) -> list[Job]:
+    def _reserve_ids(self, c: Connection, count: int) -> list[int]:
+        """Return ``count`` new job ids (like nextval), so rows can be written with them."""
         raise NotImplementedError
+
+    def _write_jobs(self, c: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Write job rows: (id, state, queue, worker, args, meta, tags, max_attempts,
+        priority, inserted_at, scheduled_at, workflow_id, step, deps_pending, batch_id)."""
+        raise NotImplementedError
+
+    def _notify_in_tx(self, c: Connection, queues: Sequence[str]) -> None:
+        """Tell other nodes about available jobs when the transaction commits."""
+
+    def _for_update(self) -> str:
+        """Return the row-locking clause for a SELECT whose rows the transaction relies on."""
+        return ""
+
+    def _for_update_plain(self) -> str:
+        """Return the row-locking clause for a single-table SELECT."""
+        return ""
 
     def _fetch(
         self, c: Connection, queue: str | None, demand: int, node: str, now: datetime
     ) -> list[Job]:
         raise NotImplementedError
 
-    def _ack(self, c: Connection, acks: Sequence[Ack]) -> list[int]:
+    def _ack(self, c: Connection, acks: Sequence[Ack]) -> list[tuple[int, str | None, str | None]]:
+        """Apply acks; return (id, workflow_id, batch_id) of each that applied."""
         raise NotImplementedError
 
     # Wake-ups

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from flowpro.job import Ack, Job, JobState, NewJob
+from flowpro.job import Ack, InsertPlan, Job, JobState, NewJob
 
 Wakeup = Callable[[str], None]
 
@@ -33,8 +33,34 @@ class Storage(Protocol):
     def insert_jobs(self, jobs: Sequence[NewJob], *, conn: Any = None) -> list[Job]:
         """Insert jobs in one transaction (the caller's when ``conn`` is given)."""
 
+    def insert_plan(self, plan: InsertPlan, *, conn: Any = None) -> list[Job]:
+        """Insert a plan (jobs, workflows, batches and the edges between jobs) in one
+        transaction; return the jobs in plan order."""
+
     def get_job(self, job_id: int) -> Job | None:
         """Return the job, or None."""
+
+    # Graphs
+
+    def find_step(self, workflow_id: str, step: str) -> Job | None:
+        """Return the job of a workflow step, or None."""
+
+    def dependencies(self, job_id: int) -> list[Job]:
+        """Return the jobs ``job_id`` depends on."""
+
+    def workflow_context(self, workflow_id: str) -> dict[str, Any] | None:
+        """Return a workflow's shared context, or None when there is no such workflow."""
+
+    def workflow_rows(
+        self, workflow_id: str
+    ) -> tuple[list[dict[str, Any]], list[Job], list[tuple[int, int]]]:
+        """Return a workflow and its sub-workflows: rows, jobs, and edges (job id, dep id)."""
+
+    def workflow_counts(self, workflow_ids: Sequence[str]) -> dict[str, int]:
+        """Return the number of steps per state over these workflows."""
+
+    def batch_jobs(self, batch_id: str) -> list[Job]:
+        """Return the members of a batch."""
 
     def list_jobs(
         self,
@@ -105,8 +131,8 @@ class Storage(Protocol):
     def resign_leader(self, node: str) -> None:
         """Give up the lease if ``node`` holds it."""
 
-    def insert_cron_job(self, name: str, tick: datetime, job: NewJob) -> Job | None:
-        """Insert the job of one cron tick unless that tick was inserted already."""
+    def insert_cron_job(self, name: str, tick: datetime, job: NewJob | InsertPlan) -> Job | None:
+        """Insert the job (or plan) of one cron tick unless that tick was inserted already."""
 
     def prune_cron_ticks(self, *, before: datetime) -> int:
         """Forget cron ticks older than ``before``."""

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from flowpro.errors import ConfigError, StorageError
-from flowpro.job import Ack, Job, NewJob
+from flowpro.job import Ack, Job, JobState, NewJob
 from flowpro.storage._sql import ACK_SET, JOB_COLUMNS, RETRY_DELAYS, SqlStorage
 
 log = logging.getLogger("flowpro.storage")
@@ -42,17 +42,21 @@ ACK = (
     "%(maxes)s::int[], %(recorded)s::bytea[]) "
     "AS v(id, attempt, state, at, scheduled_at, errors, max_attempts, recorded) "
     "WHERE j.id = v.id AND j.attempt = v.attempt AND (j.state = 'executing') IS TRUE "
-    "RETURNING j.id"
+    "RETURNING j.id, j.workflow_id, j.batch_id"
 )
 INSERT_MANY = (
     "INSERT INTO flowpro_jobs (id, state, queue, worker, args, meta, tags, errors, attempt, "
-    "max_attempts, priority, inserted_at, scheduled_at) "
+    "max_attempts, priority, inserted_at, scheduled_at, workflow_id, step, deps_pending, "
+    "batch_id) "
     "SELECT t.id, t.state, t.queue, t.worker, t.args::jsonb, t.meta::jsonb, t.tags::jsonb, "
-    "'[]'::jsonb, 0, t.max_attempts, t.priority, %(now)s, t.scheduled_at "
+    "'[]'::jsonb, 0, t.max_attempts, t.priority, %(now)s, t.scheduled_at, t.workflow_id, "
+    "t.step, t.deps_pending, t.batch_id "
     "FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(queues)s::text[], "
     "%(workers)s::text[], %(args)s::text[], %(metas)s::text[], %(tags)s::text[], "
-    "%(maxes)s::int[], %(priorities)s::int[], %(scheduled)s::timestamptz[]) "
-    "AS t(id, state, queue, worker, args, meta, tags, max_attempts, priority, scheduled_at)"
+    "%(maxes)s::int[], %(priorities)s::int[], %(scheduled)s::timestamptz[], "
+    "%(workflows)s::text[], %(steps)s::text[], %(pending)s::int[], %(batches)s::text[]) "
+    "AS t(id, state, queue, worker, args, meta, tags, max_attempts, priority, scheduled_at, "
+    "workflow_id, step, deps_pending, batch_id)"
 )
 INSERT_ONE = (
     "INSERT INTO flowpro_jobs (state, queue, worker, args, meta, tags, errors, attempt, "
@@ -132,58 +136,87 @@ class PostgresStorage(SqlStorage):
 
     # Inserting, claiming, acking
 
-    def _insert(self, c: Connection, jobs: Sequence[NewJob], now: datetime) -> list[Job]:
+    def _insert_simple(
+        self, c: Connection, jobs: Sequence[NewJob], now: datetime
+    ) -> list[Job] | None:
+        if len(jobs) != 1 or jobs[0].seal is not None:
+            return None
+        # One plain job: a single statement whose id comes from the column default.
+        job = jobs[0]
+        at = job.resolve_scheduled_at(now)
+        state = JobState.AVAILABLE if at <= now else JobState.SCHEDULED
         cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            if len(jobs) == 1 and jobs[0].seal is None:
-                job = jobs[0]
-                at = job.resolve_scheduled_at(now)
-                cur.execute(
-                    INSERT_ONE,
-                    {
-                        "state": "available" if at <= now else "scheduled",
-                        "queue": job.queue,
-                        "worker": job.worker,
-                        "args": job.args_json,
-                        "meta": job.meta_json,
-                        "tags": json.dumps(job.tags),
-                        "max_attempts": job.max_attempts,
-                        "priority": job.priority,
-                        "now": now,
-                        "scheduled_at": at,
-                    },
-                )
-                ids = [cur.fetchone()[0]]
-            else:
-                # Ids are taken first so that each saved job is matched to its id without
-                # relying on the order of RETURNING.
-                cur.execute(NEXT_IDS, {"n": len(jobs)})
-                ids = [row[0] for row in cur.fetchall()]
-                scheduled = [job.resolve_scheduled_at(now) for job in jobs]
-                cur.execute(
-                    INSERT_MANY,
-                    {
-                        "now": now,
-                        "ids": ids,
-                        "states": ["available" if at <= now else "scheduled" for at in scheduled],
-                        "queues": [job.queue for job in jobs],
-                        "workers": [job.worker for job in jobs],
-                        "args": [job.stored_args(ids[i]) for i, job in enumerate(jobs)],
-                        "metas": [job.meta_json for job in jobs],
-                        "tags": [json.dumps(job.tags) for job in jobs],
-                        "maxes": [job.max_attempts for job in jobs],
-                        "priorities": [job.priority for job in jobs],
-                        "scheduled": scheduled,
-                    },
-                )
-            saved = [self._saved(job, ids[i], now) for i, job in enumerate(jobs)]
-            queues = sorted({j.queue for j in saved if j.at_once()})
-            if queues:
-                # NOTIFY inside the transaction: delivered on commit, also the caller's.
-                cur.execute(NOTIFY, {"queues": queues})
+            cur.execute(
+                INSERT_ONE,
+                {
+                    "state": state.value,
+                    "queue": job.queue,
+                    "worker": job.worker,
+                    "args": job.args_json,
+                    "meta": job.meta_json,
+                    "tags": json.dumps(job.tags),
+                    "max_attempts": job.max_attempts,
+                    "priority": job.priority,
+                    "now": now,
+                    "scheduled_at": at,
+                },
+            )
+            job_id = cur.fetchone()[0]
+            if state is JobState.AVAILABLE:
+                cur.execute(NOTIFY, {"queues": [job.queue]})
         finally:
             cur.close()
-        return saved
+        return [self._saved(job, job_id, now, state)]
+
+    def _reserve_ids(self, c: Connection, count: int) -> list[int]:
+        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cur.execute(NEXT_IDS, {"n": count})
+            return [row[0] for row in cur.fetchall()]
+        finally:
+            cur.close()
+
+    def _write_jobs(self, c: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        columns = list(zip(*rows, strict=True))
+        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cur.execute(
+                INSERT_MANY,
+                {
+                    "ids": list(columns[0]),
+                    "states": list(columns[1]),
+                    "queues": list(columns[2]),
+                    "workers": list(columns[3]),
+                    "args": list(columns[4]),
+                    "metas": list(columns[5]),
+                    "tags": list(columns[6]),
+                    "maxes": list(columns[7]),
+                    "priorities": list(columns[8]),
+                    "now": rows[0][9],
+                    "scheduled": list(columns[10]),
+                    "workflows": list(columns[11]),
+                    "steps": list(columns[12]),
+                    "pending": list(columns[13]),
+                    "batches": list(columns[14]),
+                },
+            )
+        finally:
+            cur.close()
+
+    def _notify_in_tx(self, c: Connection, queues: Sequence[str]) -> None:
+        # NOTIFY inside the transaction: delivered on commit, also the caller's transaction's.
+        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cur.execute(NOTIFY, {"queues": list(queues)})
+        finally:
+            cur.close()
+
+    def _for_update(self) -> str:
+        return " FOR UPDATE OF j"
+
+    def _for_update_plain(self) -> str:
+        return " FOR UPDATE"
 
     def _fetch(
         self, c: Connection, queue: str | None, demand: int, node: str, now: datetime
@@ -201,8 +234,11 @@ class PostgresStorage(SqlStorage):
 
         This is the hot path of every producer, so it runs on a connection owned by the calling
         thread (no pool checkout, no SQLAlchemy transaction object): about a third less Python
-        work per round.
+        work per round. Acks of workflow steps and batch members have follow-ups in the same
+        transaction, so they take the general path.
         """
+        if any(ack.graph for ack in acks):
+            return super().ack_and_fetch(acks, queue, demand=demand, node=node, now=now)
         for delay in (*RETRY_DELAYS, None):
             raw = self._hot_connection()
             try:
@@ -263,8 +299,8 @@ class PostgresStorage(SqlStorage):
         with contextlib.suppress(Exception):
             raw.close()
 
-    def _ack(self, c: Connection, acks: Sequence[Ack]) -> list[int]:
-        return [row[0] for row in self._pipelined(c, ACK, self._ack_params(acks))]
+    def _ack(self, c: Connection, acks: Sequence[Ack]) -> list[tuple[int, str | None, str | None]]:
+        return [(r[0], r[1], r[2]) for r in self._pipelined(c, ACK, self._ack_params(acks))]
 
     def _pipelined(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
         """Run one statement, with BEGIN (and the async-commit setting) in the same round trip."""

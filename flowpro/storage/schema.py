@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -49,6 +50,12 @@ jobs = Table(
     Column("cancelled_at", Timestamp),
     Column("discarded_at", Timestamp),
     Column("recorded", LargeBinary),
+    # Graphs: the workflow and step a job belongs to, how many of its deps are still unmet
+    # (a suspended step becomes available when this reaches 0), and its batch.
+    Column("workflow_id", String(64)),
+    Column("step", String(255)),
+    Column("deps_pending", Integer, nullable=False, server_default=text("0")),
+    Column("batch_id", String(64)),
     sqlite_autoincrement=True,
 )
 
@@ -76,6 +83,69 @@ Index(
     sqlite_where=text("state = 'executing'"),
 )
 Index("flowpro_jobs_state_queue_idx", jobs.c.state, jobs.c.queue, jobs.c.id)
+Index(
+    "flowpro_jobs_workflow_idx",
+    jobs.c.workflow_id,
+    jobs.c.step,
+    postgresql_where=text("workflow_id IS NOT NULL"),
+    sqlite_where=text("workflow_id IS NOT NULL"),
+)
+Index(
+    "flowpro_jobs_batch_idx",
+    jobs.c.batch_id,
+    postgresql_where=text("batch_id IS NOT NULL"),
+    sqlite_where=text("batch_id IS NOT NULL"),
+)
+
+workflows = Table(
+    "flowpro_workflows",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(255)),
+    Column("root_id", String(64), nullable=False, index=True),
+    Column("parent_id", String(64)),
+    Column("ignore_cancelled", Boolean, nullable=False, server_default=text("false")),
+    Column("ignore_discarded", Boolean, nullable=False, server_default=text("false")),
+    Column("ignore_deleted", Boolean, nullable=False, server_default=text("false")),
+    Column("context", Json, nullable=False),
+    Column("inserted_at", Timestamp, nullable=False),
+)
+
+# Edges of the job graph: job_id waits for dep_id.
+deps = Table(
+    "flowpro_deps",
+    metadata,
+    Column("job_id", Id, primary_key=True),
+    Column("dep_id", Id, primary_key=True),
+)
+Index("flowpro_deps_dep_idx", deps.c.dep_id)
+
+batches = Table(
+    "flowpro_batches",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(255)),
+    Column("callback_worker", String(255), nullable=False),
+    Column("callback_args", Json, nullable=False),
+    Column("callback_queue", String(100)),
+    Column("total", Integer, nullable=False, server_default=text("0")),
+    Column("attempted", Integer, nullable=False, server_default=text("0")),
+    Column("completed", Integer, nullable=False, server_default=text("0")),
+    Column("cancelled", Integer, nullable=False, server_default=text("0")),
+    Column("discarded", Integer, nullable=False, server_default=text("0")),
+    Column("retryable", Integer, nullable=False, server_default=text("0")),
+    Column("inserted_at", Timestamp, nullable=False),
+)
+
+# One row per batch callback fired: its primary key makes each kind fire exactly once.
+batch_callbacks = Table(
+    "flowpro_batch_callbacks",
+    metadata,
+    Column("batch_id", String(64), primary_key=True),
+    Column("kind", String(32), primary_key=True),
+    Column("job_id", Id),
+    Column("inserted_at", Timestamp, nullable=False),
+)
 
 nodes = Table(
     "flowpro_nodes",

@@ -14,8 +14,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from flowpro.errors import ConfigError
-from flowpro.job import Ack, Job, JobState, NewJob
-from flowpro.storage._sql import ACK_SET, INSERT_COLUMNS, JOB_COLUMNS, SqlStorage
+from flowpro.job import Ack, Job, JobState
+from flowpro.storage._sql import ACK_SET, JOB_COLUMNS, SqlStorage
 
 BUSY_TIMEOUT_MS = 30_000
 SYNC_MODES = {"off", "normal", "full", "extra"}
@@ -31,11 +31,13 @@ CLAIM_QUEUE = _CLAIM.format(queue="AND queue = :queue")
 CLAIM_ANY = _CLAIM.format(queue="")
 ACK = (
     f"UPDATE flowpro_jobs SET {ACK_SET.format(v=':', t='', errors=':errors')} "
-    "WHERE id = :id AND attempt = :attempt AND state = 'executing' RETURNING id"
+    "WHERE id = :id AND attempt = :attempt AND state = 'executing' "
+    "RETURNING id, workflow_id, batch_id"
 )
 INSERT = (
-    f"INSERT INTO flowpro_jobs (id, {INSERT_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, '[]', 0, ?, ?, ?, ?)"
+    "INSERT INTO flowpro_jobs (id, state, queue, worker, args, meta, tags, errors, attempt, "
+    "max_attempts, priority, inserted_at, scheduled_at, workflow_id, step, deps_pending, "
+    "batch_id) VALUES (?, ?, ?, ?, ?, ?, ?, '[]', 0, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 ENSURE_SEQUENCE = (
     "INSERT INTO sqlite_sequence (name, seq) "
@@ -123,37 +125,23 @@ class SQLiteStorage(SqlStorage):
 
     # Inserting, claiming, acking
 
-    def _insert(self, c: Connection, jobs: Sequence[NewJob], now: datetime) -> list[Job]:
+    def _reserve_ids(self, c: Connection, count: int) -> list[int]:
         cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            # Reserve the ids first (like nextval): an encrypted job's ciphertext is bound to
-            # its id, and every saved job is matched to its id without reading it back.
+            # Like nextval: move the AUTOINCREMENT sequence on by `count` and take those ids,
+            # so an encrypted job's ciphertext can be bound to its id before it is written.
             cur.execute(ENSURE_SEQUENCE)
-            last = cur.execute(RESERVE_IDS, (len(jobs),)).fetchone()[0]
-            first = last - len(jobs) + 1
-            now_text = ts(now)
-            rows = []
-            for i, job in enumerate(jobs):
-                at = job.resolve_scheduled_at(now)
-                rows.append(
-                    (
-                        first + i,
-                        "available" if at <= now else "scheduled",
-                        job.queue,
-                        job.worker,
-                        job.stored_args(first + i),
-                        job.meta_json,
-                        json.dumps(job.tags),
-                        job.max_attempts,
-                        job.priority,
-                        now_text,
-                        ts(at),
-                    )
-                )
+            last: int = cur.execute(RESERVE_IDS, (count,)).fetchone()[0]
+        finally:
+            cur.close()
+        return list(range(last - count + 1, last + 1))
+
+    def _write_jobs(self, c: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
             cur.executemany(INSERT, rows)
         finally:
             cur.close()
-        return [self._saved(job, first + i, now) for i, job in enumerate(jobs)]
 
     def _fetch(
         self, c: Connection, queue: str | None, demand: int, node: str, now: datetime
@@ -169,7 +157,7 @@ class SQLiteStorage(SqlStorage):
         jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))
         return jobs
 
-    def _ack(self, c: Connection, acks: Sequence[Ack]) -> list[int]:
+    def _ack(self, c: Connection, acks: Sequence[Ack]) -> list[tuple[int, str | None, str | None]]:
         applied = []
         cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
@@ -188,7 +176,7 @@ class SQLiteStorage(SqlStorage):
                     },
                 ).fetchone()
                 if row is not None:
-                    applied.append(row[0])
+                    applied.append((row[0], row[1], row[2]))
         finally:
             cur.close()
         return applied

@@ -1,0 +1,327 @@
+"""Graph statements both adapters share: planned inserts, workflow progression, batch counters.
+
+Everything that follows from a job finishing runs here, inside the transaction of the ack that
+finished it, so it happens exactly once: a step leaves ``suspended`` when the counter of its
+unmet deps reaches zero (row locks serialise concurrent decrements under READ COMMITTED), and
+failures cascade to the steps that depended on them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, bindparam, text
+
+from flowpro.errors import GraphError
+from flowpro.job import Ack, InsertPlan, Job, JobState
+
+if TYPE_CHECKING:
+    from flowpro.storage._sql import SqlStorage
+
+TERMINAL = {JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED}
+
+_INSERT_WORKFLOW = text(
+    "INSERT INTO flowpro_workflows (id, name, root_id, parent_id, ignore_cancelled, "
+    "ignore_discarded, ignore_deleted, context, inserted_at) VALUES (:id, :name, :root_id, "
+    ":parent_id, :ignore_cancelled, :ignore_discarded, :ignore_deleted, {context}, :now)"
+)
+_INSERT_BATCH = text(
+    "INSERT INTO flowpro_batches (id, name, callback_worker, callback_args, callback_queue, "
+    "total, inserted_at) VALUES (:id, :name, :callback_worker, {args}, :callback_queue, "
+    ":total, :now)"
+)
+_GROW_BATCH = text("UPDATE flowpro_batches SET total = total + :n WHERE id = :id RETURNING id")
+_INSERT_DEP = text("INSERT INTO flowpro_deps (job_id, dep_id) VALUES (:job_id, :dep_id)")
+_FIND_STEP = (
+    "SELECT j.id, j.state, w.ignore_cancelled, w.ignore_discarded FROM flowpro_jobs j "
+    "JOIN flowpro_workflows w ON w.id = j.workflow_id "
+    "WHERE j.workflow_id = :workflow_id AND j.step = :step"
+)
+_POLICY = text(
+    "SELECT j.id, j.step, w.ignore_cancelled, w.ignore_discarded FROM flowpro_jobs j "
+    "JOIN flowpro_workflows w ON w.id = j.workflow_id WHERE j.id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+_UNMET = (
+    "(SELECT count(*) FROM flowpro_deps d WHERE d.job_id = flowpro_jobs.id AND d.dep_id IN :ok)"
+)
+_RELEASE = text(
+    f"UPDATE flowpro_jobs SET deps_pending = deps_pending - {_UNMET}, "
+    f"state = CASE WHEN deps_pending - {_UNMET} > 0 THEN state "
+    "WHEN scheduled_at > :now THEN 'scheduled' ELSE 'available' END "
+    "WHERE state = 'suspended' AND id IN (SELECT job_id FROM flowpro_deps WHERE dep_id IN :ok) "
+    "RETURNING state, queue"
+).bindparams(bindparam("ok", expanding=True))
+
+
+def insert_plan(st: SqlStorage, c: Connection, plan: InsertPlan, now: datetime) -> list[Job]:
+    """Write a plan: workflow and batch rows, jobs (steps with deps suspended), edges."""
+    count = len(plan.jobs)
+    pending = [0] * count
+    for dependent, _dep in plan.deps:
+        pending[dependent] += 1
+    external: list[tuple[int, int]] = []
+    doomed: dict[int, str] = {}
+    if plan.append_to is not None:
+        _check_new_steps(c, plan)
+    if plan.external_deps:
+        find = text(_FIND_STEP + st._for_update())
+        for index, workflow_id, step in plan.external_deps:
+            row = c.execute(find, {"workflow_id": workflow_id, "step": step}).first()
+            if row is None:
+                raise GraphError(f"workflow {workflow_id!r} has no step {step!r} to depend on")
+            external.append((index, row[0]))
+            state = JobState(row[1])
+            if state is JobState.COMPLETED:
+                continue
+            if (state is JobState.CANCELLED and not row[2]) or (
+                state is JobState.DISCARDED and not row[3]
+            ):
+                doomed[index] = f"upstream step {step!r} is {state}"
+            elif state not in TERMINAL:
+                pending[index] += 1
+    ts = st._ts
+    if plan.workflows:
+        sql = text(_INSERT_WORKFLOW.text.format(context=st._json_in("context")))
+        c.execute(
+            sql,
+            [
+                {
+                    "id": w.id,
+                    "name": w.name,
+                    "root_id": w.root_id,
+                    "parent_id": w.parent_id,
+                    "ignore_cancelled": w.ignore_cancelled,
+                    "ignore_discarded": w.ignore_discarded,
+                    "ignore_deleted": w.ignore_deleted,
+                    "context": w.context_json,
+                    "now": ts(now),
+                }
+                for w in plan.workflows
+            ],
+        )
+    planned_batches = {b.id for b in plan.batches}
+    members: dict[str, int] = {}
+    for job in plan.jobs:
+        if job.batch_id is not None:
+            members[job.batch_id] = members.get(job.batch_id, 0) + 1
+    if plan.batches:
+        sql = text(_INSERT_BATCH.text.format(args=st._json_in("callback_args")))
+        c.execute(
+            sql,
+            [
+                {
+                    "id": b.id,
+                    "name": b.name,
+                    "callback_worker": b.callback_worker,
+                    "callback_args": b.callback_args_json,
+                    "callback_queue": b.callback_queue,
+                    "total": members.get(b.id, 0),
+                    "now": ts(now),
+                }
+                for b in plan.batches
+            ],
+        )
+    for batch_id, n in members.items():
+        if (
+            batch_id not in planned_batches
+            and c.execute(_GROW_BATCH, {"id": batch_id, "n": n}).first() is None
+        ):
+            raise GraphError(f"batch {batch_id!r} does not exist")
+    ids = st._reserve_ids(c, count)
+    rows = []
+    saved = []
+    for i, job in enumerate(plan.jobs):
+        at = job.resolve_scheduled_at(now)
+        if pending[i] or i in doomed:
+            state = JobState.SUSPENDED
+        else:
+            state = JobState.AVAILABLE if at <= now else JobState.SCHEDULED
+        rows.append(
+            (
+                ids[i],
+                state.value,
+                job.queue,
+                job.worker,
+                job.stored_args(ids[i]),
+                job.meta_json,
+                json.dumps(job.tags),
+                job.max_attempts,
+                job.priority,
+                ts(now),
+                ts(at),
+                job.workflow_id,
+                job.step,
+                pending[i],
+                job.batch_id,
+            )
+        )
+        saved.append(st._saved(job, ids[i], now, state))
+    st._write_jobs(c, rows)
+    edges = [{"job_id": ids[a], "dep_id": ids[b]} for a, b in plan.deps]
+    edges += [{"job_id": ids[a], "dep_id": dep_id} for a, dep_id in external]
+    if edges:
+        c.execute(_INSERT_DEP, edges)
+    queues = sorted({j.queue for j in saved if j.state is JobState.AVAILABLE})
+    if queues:
+        st._notify_in_tx(c, queues)
+    if doomed:
+        cancelled: list[int] = []
+        for index, reason in doomed.items():
+            cancelled += _cancel_suspended(st, c, [ids[index]], reason, now, by_id=True)
+        progress(st, c, [(job_id, JobState.CANCELLED) for job_id in cancelled], now, [])
+        gone = set(cancelled)
+        saved = [_with_state(j, JobState.CANCELLED) if j.id in gone else j for j in saved]
+    return saved
+
+
+def _check_new_steps(c: Connection, plan: InsertPlan) -> None:
+    names = [job.step for job in plan.jobs if job.workflow_id == plan.append_to and job.step]
+    if not c.execute(
+        text("SELECT 1 FROM flowpro_workflows WHERE id = :id"), {"id": plan.append_to}
+    ).first():
+        raise GraphError(f"workflow {plan.append_to!r} does not exist")
+    if names:
+        taken = c.execute(
+            text(
+                "SELECT step FROM flowpro_jobs WHERE workflow_id = :id AND step IN :names"
+            ).bindparams(bindparam("names", expanding=True)),
+            {"id": plan.append_to, "names": names},
+        ).fetchall()
+        if taken:
+            raise GraphError(
+                f"workflow {plan.append_to!r} already has step(s) "
+                + ", ".join(repr(row[0]) for row in taken)
+            )
+
+
+def after_ack(
+    st: SqlStorage,
+    c: Connection,
+    acks: Sequence[Ack],
+    applied: Sequence[tuple[int, str | None, str | None]],
+    released: list[str],
+) -> list[int]:
+    """Run what follows from the applied acks; return their ids. Adds released queues."""
+    if not applied:
+        return []
+    by_id = {ack.id: ack for ack in acks}
+    moves = [
+        (job_id, by_id[job_id].state, workflow_id, batch_id, by_id[job_id].attempt == 1)
+        for job_id, workflow_id, batch_id in applied
+        if workflow_id is not None or batch_id is not None
+    ]
+    if moves:
+        transitions(st, c, moves, max(ack.at for ack in acks), released)
+    return [job_id for job_id, _wf, _batch in applied]
+
+
+def transitions(
+    st: SqlStorage,
+    c: Connection,
+    moves: Sequence[tuple[int, JobState, str | None, str | None, bool]],
+    now: datetime,
+    released: list[str],
+) -> None:
+    """Follow up state changes of graph jobs: (id, new state, workflow id, batch id, whether
+    the job's first attempt just ended)."""
+    finished = [(m[0], m[1]) for m in moves if m[2] is not None and m[1] in TERMINAL]
+    if finished:
+        progress(st, c, finished, now, released)
+    batched = [(m[3], m[1], m[4]) for m in moves if m[3] is not None]
+    if batched:
+        from flowpro.storage import _batch
+
+        _batch.count(st, c, batched, now, released)
+
+
+def progress(
+    st: SqlStorage,
+    c: Connection,
+    finished: Sequence[tuple[int, JobState]],
+    now: datetime,
+    released: list[str],
+) -> None:
+    """Release or cancel the steps waiting on jobs that just reached a terminal state."""
+    pending = list(finished)
+    while pending:
+        policy = {
+            row[0]: (row[1], bool(row[2]), bool(row[3]))
+            for row in c.execute(_POLICY, {"ids": [job_id for job_id, _ in pending]})
+        }
+        ok: list[int] = []
+        failed: list[tuple[int, str]] = []
+        for job_id, state in pending:
+            if job_id not in policy:
+                continue  # not a workflow step
+            step, ignore_cancelled, ignore_discarded = policy[job_id]
+            if (
+                state is JobState.COMPLETED
+                or (state is JobState.CANCELLED and ignore_cancelled)
+                or (state is JobState.DISCARDED and ignore_discarded)
+            ):
+                ok.append(job_id)
+            else:
+                failed.append((job_id, f"upstream step {step!r} was {state}"))
+        if ok:
+            rows = c.execute(_RELEASE, {"ok": ok, "now": st._ts(now)}).fetchall()
+            queues = sorted({row[1] for row in rows if row[0] == "available"})
+            if queues:
+                st._notify_in_tx(c, queues)
+                released.extend(queues)
+        cascaded: list[int] = []
+        for job_id, reason in failed:
+            cascaded += _cancel_suspended(st, c, [job_id], reason, now, by_id=False)
+        pending = [(job_id, JobState.CANCELLED) for job_id in cascaded]
+
+
+def _cancel_suspended(
+    st: SqlStorage, c: Connection, ids: Sequence[int], reason: str, now: datetime, *, by_id: bool
+) -> list[int]:
+    """Cancel suspended steps: the given ones (by_id) or those depending on them."""
+    target = (
+        "id IN :ids" if by_id else "id IN (SELECT job_id FROM flowpro_deps WHERE dep_id IN :ids)"
+    )
+    entry = json.dumps(
+        {"attempt": 0, "at": now.isoformat(), "kind": "upstream", "error": f"cancelled: {reason}"}
+    )
+    sql = text(
+        "UPDATE flowpro_jobs SET state = 'cancelled', cancelled_at = :now, "
+        f"errors = {st._json_append('errors', 'entry')} "
+        f"WHERE state = 'suspended' AND {target} RETURNING id"
+    ).bindparams(bindparam("ids", expanding=True))
+    rows = c.execute(sql, {"ids": list(ids), "now": st._ts(now), "entry": entry})
+    return [row[0] for row in rows]
+
+
+def _with_state(job: Job, state: JobState) -> Job:
+    import dataclasses
+
+    return dataclasses.replace(job, state=state)
+
+
+def workflow_ids(c: Connection, workflow_id: str) -> list[str]:
+    """Return the workflow and all its sub-workflows' ids."""
+    rows = c.execute(
+        text(
+            "SELECT id, parent_id FROM flowpro_workflows WHERE root_id = "
+            "(SELECT root_id FROM flowpro_workflows WHERE id = :id)"
+        ),
+        {"id": workflow_id},
+    ).fetchall()
+    children: dict[str | None, list[str]] = {}
+    for wid, parent in rows:
+        children.setdefault(parent, []).append(wid)
+    if not any(wid == workflow_id for wid, _ in rows):
+        return []
+    out, stack = [], [workflow_id]
+    while stack:
+        wid = stack.pop()
+        out.append(wid)
+        stack.extend(children.get(wid, []))
+    return out
+
+
+__all__ = ["after_ack", "insert_plan", "progress", "workflow_ids"]
