@@ -20,18 +20,25 @@ from flowpro.errors import (
     StorageError,
     WorkerNotFound,
 )
+from flowpro.graph.batch import Batch
+from flowpro.graph.chunk import ChunkWorker
+from flowpro.graph.dag import Dag, dag
 from flowpro.graph.status import WorkflowStatus
 from flowpro.graph.workflow import Workflow
-from flowpro.job import Cancel, Discard, Job, JobState, NewJob, Snooze
+from flowpro.job import Cancel, ChunkResult, Discard, Job, JobState, NewJob, Snooze
 from flowpro.worker import Worker, worker
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArgsError",
+    "Batch",
     "Cancel",
+    "ChunkResult",
+    "ChunkWorker",
     "CodecError",
     "ConfigError",
+    "Dag",
     "DecryptError",
     "Discard",
     "FlowPro",
@@ -48,5 +55,6 @@ __all__ = [
     "WorkerNotFound",
     "Workflow",
     "WorkflowStatus",
+    "dag",
     "worker",
 ]

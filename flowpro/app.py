@@ -9,14 +9,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, overload
 
+from flowpro._runtime.chunks import run_chunk
 from flowpro._runtime.cron import CronEntry
 from flowpro._runtime.executor import run_sync
 from flowpro._runtime.node import Node, NodeConfig, node_name
 from flowpro.errors import ConfigError, GraphError
 from flowpro.graph import render
+from flowpro.graph.batch import Batch
+from flowpro.graph.dag import Dag, registered_dags
 from flowpro.graph.status import WorkflowStatus
 from flowpro.graph.workflow import Workflow
-from flowpro.job import Job, JobState, NewJob, utcnow
+from flowpro.job import InsertPlan, Job, JobState, NewJob, utcnow
 from flowpro.storage import open_storage, resolve_url
 from flowpro.storage.base import Storage
 from flowpro.worker import Worker, registered_workers
@@ -104,18 +107,18 @@ class FlowPro:
     def insert(self, job: NewJob, *, conn: Any = None) -> Job: ...
 
     @overload
-    def insert(self, job: Workflow, *, conn: Any = None) -> list[Job]: ...
+    def insert(self, job: Workflow | Batch, *, conn: Any = None) -> list[Job]: ...
 
-    def insert(self, job: NewJob | Workflow, *, conn: Any = None) -> Job | list[Job]:
+    def insert(self, job: NewJob | Workflow | Batch, *, conn: Any = None) -> Job | list[Job]:
         """Save one job, or a whole workflow, in one transaction (the caller's SQLAlchemy
         transaction when ``conn`` is given).
 
         Args:
-            job: an unsaved job from ``Worker.new``, or a ``Workflow``.
+            job: an unsaved job from ``Worker.new``, a ``Workflow`` or a ``Batch``.
             conn: an open SQLAlchemy ``Connection`` whose transaction the insert joins.
 
         Returns:
-            The saved job with its ``id``; for a workflow, its saved steps in order.
+            The saved job with its ``id``; for a workflow or batch, its saved jobs in order.
 
         Raises:
             ArgsError: the args are invalid (nothing is written).
@@ -128,7 +131,7 @@ class FlowPro:
         """
         if isinstance(job, NewJob):
             return self.insert_all([job], conn=conn)[0]
-        if isinstance(job, Workflow):
+        if isinstance(job, Workflow | Batch):
             return self.storage.insert_plan(job.plan(), conn=conn)
         raise TypeError(
             f"insert expects a job from Worker.new() or a Workflow, got {type(job).__name__}"
@@ -306,16 +309,39 @@ class FlowPro:
         storage = self.storage
         name = node_name("drain")
         counts: Counter[str] = Counter()
+        chunked = [
+            cls
+            for cls in registered_workers()
+            if cls.is_chunk and (queue is None or cls.queue == queue)
+        ]
+        exclude = [cls.__flowpro_name__ for cls in chunked]
         storage.heartbeat(name, queues=[queue or "*"], now=utcnow())
         try:
             while True:
                 now = utcnow()
                 storage.stage_jobs(now=_far_future() if with_scheduled else now)
-                jobs = storage.fetch_jobs(queue, demand=DRAIN_BATCH, node=name, now=now)
-                if not jobs:
+                acks = []
+                for cls in chunked:
+                    while chunk := storage.fetch_chunk(
+                        queue,
+                        cls.__flowpro_name__,
+                        size=cls.chunk_size,
+                        ready_before=None,
+                        node=name,
+                        now=now,
+                    ):
+                        chunk_acks = run_chunk(chunk, utcnow, storage)
+                        storage.ack_jobs(chunk_acks)
+                        acks.extend(chunk_acks)
+                jobs = storage.fetch_jobs(
+                    queue, demand=DRAIN_BATCH, node=name, now=now, exclude=exclude
+                )
+                if jobs:
+                    job_acks = [run_sync(job, utcnow, storage) for job in jobs]
+                    storage.ack_jobs(job_acks)
+                    acks.extend(job_acks)
+                if not acks:
                     break
-                acks = [run_sync(job, utcnow, storage) for job in jobs]
-                storage.ack_jobs(acks)
                 counts.update(str(ack.state) for ack in acks)
                 storage.heartbeat(name, queues=[queue or "*"], now=utcnow())
         finally:
@@ -329,12 +355,26 @@ def default_queues() -> dict[str, int]:
 
 
 def cron_entries() -> list[CronEntry]:
-    """Return a cron entry for every registered worker with ``cron=``."""
-    return [
+    """Return a cron entry for every registered worker with ``cron=`` and every DAG with a
+    schedule."""
+    entries = [
         CronEntry(f"worker:{cls.__flowpro_name__}", cls.cron, _cron_builder(cls))
         for cls in registered_workers()
         if cls.cron
     ]
+    entries += [
+        CronEntry(f"dag:{d.name}", d.schedule, _dag_builder(d))
+        for d in registered_dags()
+        if d.schedule
+    ]
+    return entries
+
+
+def _dag_builder(d: Dag) -> Callable[[datetime], InsertPlan]:
+    def build(tick: datetime) -> InsertPlan:
+        return d(tick).put_context({"flowpro_tick": tick.isoformat()}).plan()
+
+    return build
 
 
 def _cron_builder(cls: type[Worker]) -> Callable[[datetime], NewJob]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -152,6 +152,7 @@ class NewJob:
     workflow_id: str | None = None
     step: str | None = None
     batch_id: str | None = None
+    chunk_key: str | None = None
 
     def stored_args(self, job_id: int) -> str:
         """Return the args as stored for the job with this id."""
@@ -189,6 +190,8 @@ class PlannedBatch:
     callback_worker: str
     callback_args_json: str = "{}"
     callback_queue: str | None = None
+    # The callback kinds the callback worker implements (only those are inserted).
+    callbacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +246,24 @@ class Discard:
     """
 
     reason: str = "discarded"
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkResult:
+    """Return from a ChunkWorker's ``process(jobs)`` to give some jobs other outcomes.
+
+    Each field is optional; listed jobs get that outcome and every unlisted job completes.
+    ``recorded`` maps a job id to the value recorded for that job (recorded workers).
+
+    Example:
+        >>> ChunkResult(error=("timeout", [jobs[3]]), recorded={jobs[0].id: 1})  # doctest: +SKIP
+    """
+
+    error: tuple[str, Sequence[Job]] | None = None
+    cancel: tuple[str, Sequence[Job]] | None = None
+    discard: tuple[str, Sequence[Job]] | None = None
+    snooze: tuple[float, Sequence[Job]] | None = None
+    recorded: Mapping[int, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

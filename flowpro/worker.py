@@ -78,6 +78,10 @@ class Worker:
     deadline: ClassVar[float | None] = None
     aliases: ClassVar[tuple[str, ...]] = ()
     max_args_bytes: ClassVar[int] = DEFAULT_MAX_ARGS_BYTES
+    # Chunk workers (flowpro.ChunkWorker) process jobs in groups.
+    is_chunk: ClassVar[bool] = False
+    chunk_size: ClassVar[int] = 100
+    chunk_timeout: ClassVar[float] = 1.0
 
     def __init_subclass__(
         cls,

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from croniter import croniter
 
-from flowpro.job import NewJob
+from flowpro.job import InsertPlan, NewJob
 from flowpro.storage.base import Storage
 
 log = logging.getLogger("flowpro.cron")
@@ -17,7 +17,9 @@ log = logging.getLogger("flowpro.cron")
 class CronEntry:
     """One schedule: a name (unique), a cron expression and how to build its job."""
 
-    def __init__(self, name: str, expression: str, build: Callable[[datetime], NewJob]) -> None:
+    def __init__(
+        self, name: str, expression: str, build: Callable[[datetime], NewJob | InsertPlan]
+    ) -> None:
         self.name = name
         self.expression = expression
         self.build = build

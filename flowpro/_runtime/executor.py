@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import dataclasses
+import inspect
 import logging
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
@@ -229,10 +230,11 @@ def _run_sync(job: Job, clock: Clock) -> Ack:
     try:
         worker = cls()
         worker.before_process(prepared)
-        if cls.is_async:
-            result = asyncio.run(_call_async(worker, prepared, cls.timeout))
+        entry = entry_point(worker, prepared)
+        if inspect.iscoroutinefunction(entry):
+            result = asyncio.run(_call_async(entry, prepared, cls.timeout))
         else:
-            result = worker.process(prepared)
+            result = entry(prepared)
         ack = conclude(cls, worker, prepared, result, clock())
     except Exception as exc:
         result = exc
@@ -262,7 +264,7 @@ async def _run_async(job: Job, clock: Clock) -> Ack:
     try:
         worker = cls()
         worker.before_process(prepared)
-        result = await _call_async(worker, prepared, cls.timeout)
+        result = await _call_async(entry_point(worker, prepared), prepared, cls.timeout)
         ack = conclude(cls, worker, prepared, result, clock())
     except Exception as exc:
         result = exc
@@ -271,11 +273,31 @@ async def _run_async(job: Job, clock: Clock) -> Ack:
     return ack
 
 
-async def _call_async(worker: Worker, job: Job, timeout: float | None) -> Any:
+def entry_point(worker: Worker, job: Job) -> Callable[[Job], Any]:
+    """Return what runs ``job``: ``process``, or a batch callback method for callback jobs."""
+    kind = job.meta.get("callback") if isinstance(job.meta, dict) else None
+    if isinstance(kind, str) and "batch_id" in job.meta:
+        method = getattr(worker, f"batch_{kind}", None)
+        if callable(method):
+            return method  # type: ignore[no-any-return]
+    return worker.process
+
+
+def is_async(cls: type[Worker], job: Job) -> bool:
+    """Return whether ``job`` runs as a coroutine (its entry point is ``async def``)."""
+    kind = job.meta.get("callback") if isinstance(job.meta, dict) else None
+    if isinstance(kind, str) and "batch_id" in job.meta:
+        method = getattr(cls, f"batch_{kind}", None)
+        if callable(method):
+            return inspect.iscoroutinefunction(method)
+    return cls.is_async
+
+
+async def _call_async(entry: Callable[[Job], Any], job: Job, timeout: float | None) -> Any:
     if timeout is None:
-        return await worker.process(job)
+        return await entry(job)
     try:
-        return await asyncio.wait_for(worker.process(job), timeout)
+        return await asyncio.wait_for(entry(job), timeout)
     except TimeoutError:
         raise JobTimeout(f"attempt timed out after {timeout:g}s") from None
 
@@ -305,16 +327,30 @@ class Executor:
     def submit(self, job: Job) -> None:
         """Start one attempt."""
         try:
-            is_async = resolve_worker(job.worker).is_async
+            run_async_ = is_async(resolve_worker(job.worker), job)
         except WorkerNotFound:
-            is_async = False
-        if is_async:
+            run_async_ = False
+        if run_async_:
             future = asyncio.run_coroutine_threadsafe(
                 run_async(job, self._clock, self._storage), self._event_loop()
             )
             future.add_done_callback(lambda f: self._finish(job, f))
         else:
             self._pool.submit(self._run_in_thread, job)
+
+    def submit_chunk(self, jobs: Sequence[Job], on_done: Callable[[list[Ack]], None]) -> None:
+        """Start one chunk (one slot); ``on_done(acks)`` gets an Ack per job."""
+        from flowpro._runtime.chunks import run_chunk
+
+        def run() -> None:
+            try:
+                acks = run_chunk(jobs, self._clock, self._storage)
+            except BaseException as exc:
+                error = exc if isinstance(exc, Exception) else JobTimeout(type(exc).__name__)
+                acks = [fail(_worker_class(j), None, j, error, self._clock()) for j in jobs]
+            on_done(acks)
+
+        self._pool.submit(run)
 
     def _run_in_thread(self, job: Job) -> None:
         self.threads[job.id] = threading.get_ident()

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from flowpro._runtime.executor import Executor, JobTimeout, fail
 from flowpro.errors import WorkerNotFound
 from flowpro.job import Ack, Job
 from flowpro.storage.base import Storage
-from flowpro.worker import resolve_worker
+from flowpro.worker import registered_workers, resolve_worker
 
 log = logging.getLogger("flowpro.producer")
 
@@ -23,6 +24,7 @@ log = logging.getLogger("flowpro.producer")
 class _Running:
     job: Job
     deadline: float | None  # time.monotonic() after which a sync attempt is timed out
+    chunk: list[Job] | None = None  # a chunk takes one slot for all its jobs
 
 
 class Producer:
@@ -52,9 +54,7 @@ class Producer:
         self.poll_interval = poll_interval
         self.clock = clock
         self.linger = linger
-        self.executor = Executor(
-            threads=limit, on_done=self._done, clock=clock, storage=storage
-        )
+        self.executor = Executor(threads=limit, on_done=self._done, clock=clock, storage=storage)
         self._lock = threading.Lock()
         self._event = threading.Event()
         self._running: dict[int, _Running] = {}
@@ -64,6 +64,13 @@ class Producer:
         self._stopping = False
         self._halted = False
         self._thread = threading.Thread(target=self._loop, name=f"flowpro-{queue}", daemon=True)
+        # Chunk workers of this queue are claimed a chunk at a time, not by the plain claim.
+        self.chunk_workers = [c for c in registered_workers() if c.is_chunk and c.queue == queue]
+        self._exclude = [c.__flowpro_name__ for c in self.chunk_workers]
+        self._chunk_wanted = bool(self.chunk_workers)
+        if self.chunk_workers:
+            soonest = min(c.chunk_timeout for c in self.chunk_workers)
+            self.poll_interval = min(poll_interval, max(0.01, soonest / 4))
 
     # Control
 
@@ -75,6 +82,7 @@ class Producer:
         """Note that jobs of ``queue`` may be available (called by wake-ups)."""
         if queue == self.queue:
             self._fetch_wanted = True
+            self._chunk_wanted = bool(self.chunk_workers)
             self._event.set()
 
     def stop_claiming(self) -> None:
@@ -93,8 +101,13 @@ class Producer:
         self._event.set()
         self._thread.join(timeout=10)
         with self._lock:
-            ids = [i for i in self._running if i not in self._abandoned]
-            self._abandoned.update(ids)
+            keys = [i for i in self._running if i not in self._abandoned]
+            self._abandoned.update(keys)
+            ids = [
+                job.id
+                for key in keys
+                for job in (self._running[key].chunk or [self._running[key].job])
+            ]
         self.executor.shutdown()
         return ids
 
@@ -110,6 +123,43 @@ class Producer:
                 self._acks.append(dataclasses.replace(ack, graph=True) if graph else ack)
             # Otherwise it was acked as timed out (or handed back): this result changes nothing.
         self._event.set()
+
+    def _done_chunk(self, jobs: list[Job], acks: list[Ack]) -> None:
+        with self._lock:
+            self._running.pop(jobs[0].id, None)
+            abandoned = jobs[0].id in self._abandoned
+            self._abandoned.discard(jobs[0].id)
+            if not abandoned:
+                graph = {j.id for j in jobs if j.workflow_id is not None or j.batch_id is not None}
+                self._acks.extend(
+                    dataclasses.replace(ack, graph=True) if ack.id in graph else ack for ack in acks
+                )
+        self._chunk_wanted = True
+        self._event.set()
+
+    def _claim_chunks(self, demand: int) -> int:
+        """Claim ready chunks into free slots; return how many slots they took."""
+        taken = 0
+        for cls in self.chunk_workers:
+            while taken < demand:
+                now = self.clock()
+                jobs = self.storage.fetch_chunk(
+                    self.queue,
+                    cls.__flowpro_name__,
+                    size=cls.chunk_size,
+                    ready_before=now - timedelta(seconds=cls.chunk_timeout),
+                    node=self.node,
+                    now=now,
+                )
+                if not jobs:
+                    break
+                with self._lock:
+                    self._running[jobs[0].id] = _Running(jobs[0], None, jobs)
+                self.executor.submit_chunk(jobs, functools.partial(self._done_chunk, jobs))
+                taken += 1
+        if taken < demand:
+            self._chunk_wanted = False
+        return taken
 
     def _deadline(self, job: Job) -> float | None:
         try:
@@ -153,6 +203,15 @@ class Producer:
                 running = len(self._running)
                 pending = len(self._acks)
             demand = 0 if (self._stopping or self._halted) else self.limit - running
+            if demand > 0 and self._chunk_wanted:
+                try:
+                    taken = self._claim_chunks(demand)
+                except Exception as exc:
+                    log.warning("queue %s: claiming a chunk failed (%s)", self.queue, exc)
+                    taken = 0
+                    self._event.wait(0.1)
+                demand -= taken
+                running += taken
             fetch = demand > 0 and self._fetch_wanted
             if running and pending and demand < self.limit // 2 and not self._halted:
                 # Most slots are still busy: give them a moment so that this round is larger.
@@ -173,6 +232,7 @@ class Producer:
                         demand=demand if fetch else 0,
                         node=self.node,
                         now=self.clock(),
+                        exclude=self._exclude,
                     )
                 except Exception as exc:
                     with self._lock:
@@ -219,5 +279,6 @@ class Producer:
             # Only ever raise the flag here: a wake-up may have raised it meanwhile.
             if self.storage.has_available(self.queue):
                 self._fetch_wanted = True
+                self._chunk_wanted = bool(self.chunk_workers)
         except Exception as exc:
             log.warning("queue %s: poll failed (%s)", self.queue, exc)

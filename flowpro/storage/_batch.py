@@ -28,7 +28,7 @@ _BUMP = text(
     "completed = completed + :completed, cancelled = cancelled + :cancelled, "
     "discarded = discarded + :discarded, retryable = retryable + :retryable "
     "WHERE id = :id RETURNING total, attempted, completed, cancelled, discarded, retryable, "
-    "callback_worker, callback_args, callback_queue, name"
+    "callback_worker, callback_args, callback_queue, name, callbacks"
 )
 _CLAIM = text(
     "INSERT INTO flowpro_batch_callbacks (batch_id, kind, inserted_at) "
@@ -81,6 +81,7 @@ def bump(
         return
     total, attempted, completed, cancelled, discarded, retryable = row[:6]
     worker, args, queue, name = row[6], row[7], row[8], row[9]
+    wanted = set(json.loads(row[10] or "[]"))
     due = []
     if total and attempted >= total:
         due.append("attempted")
@@ -94,7 +95,7 @@ def bump(
         due.append("discarded")
     if retryable:
         due.append("retryable")
-    for kind in due:
+    for kind in (k for k in due if k in wanted):
         if c.execute(_CLAIM, {"batch_id": batch_id, "kind": kind, "now": st._ts(now)}).first():
             job_id = _insert_callback(st, c, batch_id, name, kind, worker, args, queue, now)
             c.execute(_MARK, {"job_id": job_id, "batch_id": batch_id, "kind": kind})
@@ -133,6 +134,7 @@ def _insert_callback(
                 None,
                 None,
                 0,
+                None,
                 None,
             )
         ],

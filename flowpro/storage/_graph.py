@@ -30,8 +30,8 @@ _INSERT_WORKFLOW = text(
 )
 _INSERT_BATCH = text(
     "INSERT INTO flowpro_batches (id, name, callback_worker, callback_args, callback_queue, "
-    "total, inserted_at) VALUES (:id, :name, :callback_worker, {args}, :callback_queue, "
-    ":total, :now)"
+    "callbacks, total, inserted_at) VALUES (:id, :name, :callback_worker, {args}, "
+    ":callback_queue, :callbacks, :total, :now)"
 )
 _GROW_BATCH = text("UPDATE flowpro_batches SET total = total + :n WHERE id = :id RETURNING id")
 _INSERT_DEP = text("INSERT INTO flowpro_deps (job_id, dep_id) VALUES (:job_id, :dep_id)")
@@ -118,6 +118,7 @@ def insert_plan(st: SqlStorage, c: Connection, plan: InsertPlan, now: datetime) 
                     "callback_worker": b.callback_worker,
                     "callback_args": b.callback_args_json,
                     "callback_queue": b.callback_queue,
+                    "callbacks": json.dumps(list(b.callbacks)),
                     "total": members.get(b.id, 0),
                     "now": ts(now),
                 }
@@ -156,6 +157,7 @@ def insert_plan(st: SqlStorage, c: Connection, plan: InsertPlan, now: datetime) 
                 job.step,
                 pending[i],
                 job.batch_id,
+                job.chunk_key,
             )
         )
         saved.append(st._saved(job, ids[i], now, state))

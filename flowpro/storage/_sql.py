@@ -644,9 +644,66 @@ class SqlStorage:
         """Insert plain jobs; adapters may take a faster path (None: use the general one)."""
         return None
 
-    def fetch_jobs(self, queue: str | None, *, demand: int, node: str, now: datetime) -> list[Job]:
-        """Claim up to ``demand`` available jobs, best priority and oldest first."""
-        return self._write(lambda c: self._fetch(c, queue, demand, node, now), what="fetch_jobs")
+    def fetch_jobs(
+        self,
+        queue: str | None,
+        *,
+        demand: int,
+        node: str,
+        now: datetime,
+        exclude: Sequence[str] = (),
+    ) -> list[Job]:
+        """Claim up to ``demand`` available jobs, best priority and oldest first (not those
+        of the ``exclude``d workers: chunk workers are claimed by chunk)."""
+        return self._write(
+            lambda c: self._fetch(c, queue, demand, node, now, exclude), what="fetch_jobs"
+        )
+
+    def fetch_chunk(
+        self,
+        queue: str | None,
+        worker: str,
+        *,
+        size: int,
+        ready_before: datetime | None,
+        node: str,
+        now: datetime,
+    ) -> list[Job]:
+        """Claim one chunk: up to ``size`` available jobs of one worker and partition, from a
+        partition that has ``size`` jobs or whose oldest is due since before ``ready_before``
+        (None: any partition)."""
+        ready = "count(*) >= :size" + (" OR min(scheduled_at) <= :ready" if ready_before else "")
+        if ready_before is None:
+            ready = "count(*) >= 1"
+        scope = "state = 'available' AND worker = :worker" + (
+            " AND queue = :queue" if queue is not None else ""
+        )
+        sql = text(
+            f"WITH part AS (SELECT chunk_key FROM flowpro_jobs WHERE {scope} "
+            f"AND chunk_key IS NOT NULL GROUP BY chunk_key HAVING {ready} "
+            "ORDER BY min(priority), min(scheduled_at) LIMIT 1), "
+            f"picked AS (SELECT id FROM flowpro_jobs WHERE {scope} "
+            "AND chunk_key = (SELECT chunk_key FROM part) "
+            f"ORDER BY priority, scheduled_at, id LIMIT :size{self._skip_locked()}) "
+            "UPDATE flowpro_jobs SET state = 'executing', attempt = attempt + 1, "
+            "attempted_at = :now, attempted_by = :node WHERE id IN (SELECT id FROM picked) "
+            f"RETURNING {JOB_COLUMNS}"
+        )
+        params = {
+            "worker": worker,
+            "queue": queue,
+            "size": size,
+            "ready": self._ts(ready_before) if ready_before else None,
+            "now": self._ts(now),
+            "node": node,
+        }
+
+        def run(c: Connection) -> list[Job]:
+            jobs = [self._job(row) for row in c.execute(sql, params)]
+            jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))
+            return jobs
+
+        return self._write(run, what="fetch_chunk")
 
     def ack_jobs(self, acks: Sequence[Ack]) -> list[int]:
         """Write outcomes back, fenced by (id, attempt); return the ids that applied.
@@ -667,14 +724,21 @@ class SqlStorage:
         return applied
 
     def ack_and_fetch(
-        self, acks: Sequence[Ack], queue: str, *, demand: int, node: str, now: datetime
+        self,
+        acks: Sequence[Ack],
+        queue: str,
+        *,
+        demand: int,
+        node: str,
+        now: datetime,
+        exclude: Sequence[str] = (),
     ) -> tuple[list[int], list[Job]]:
         """Ack finished attempts and claim new jobs in one transaction (one commit)."""
         released: list[str] = []
 
         def run(c: Connection) -> tuple[list[int], list[Job]]:
             applied = graph.after_ack(self, c, acks, self._ack(c, acks), released) if acks else []
-            jobs = self._fetch(c, queue, demand, node, now) if demand > 0 else []
+            jobs = self._fetch(c, queue, demand, node, now, exclude) if demand > 0 else []
             return applied, jobs
 
         result = self._write(run, what="ack_and_fetch")
@@ -690,7 +754,8 @@ class SqlStorage:
 
     def _write_jobs(self, c: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         """Write job rows: (id, state, queue, worker, args, meta, tags, max_attempts,
-        priority, inserted_at, scheduled_at, workflow_id, step, deps_pending, batch_id)."""
+        priority, inserted_at, scheduled_at, workflow_id, step, deps_pending, batch_id,
+        chunk_key)."""
         raise NotImplementedError
 
     def _notify_in_tx(self, c: Connection, queues: Sequence[str]) -> None:
@@ -705,9 +770,19 @@ class SqlStorage:
         return ""
 
     def _fetch(
-        self, c: Connection, queue: str | None, demand: int, node: str, now: datetime
+        self,
+        c: Connection,
+        queue: str | None,
+        demand: int,
+        node: str,
+        now: datetime,
+        exclude: Sequence[str] = (),
     ) -> list[Job]:
         raise NotImplementedError
+
+    def _skip_locked(self) -> str:
+        """Return the clause that makes concurrent claimers skip each other's rows."""
+        return ""
 
     def _ack(self, c: Connection, acks: Sequence[Ack]) -> list[tuple[int, str | None, str | None]]:
         """Apply acks; return (id, workflow_id, batch_id) of each that applied."""

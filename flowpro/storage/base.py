@@ -76,14 +76,42 @@ class Storage(Protocol):
     def count_jobs(self) -> dict[str, int]:
         """Return the number of jobs per state."""
 
-    def fetch_jobs(self, queue: str | None, *, demand: int, node: str, now: datetime) -> list[Job]:
-        """Claim up to ``demand`` available jobs of ``queue`` (any queue when None)."""
+    def fetch_jobs(
+        self,
+        queue: str | None,
+        *,
+        demand: int,
+        node: str,
+        now: datetime,
+        exclude: Sequence[str] = (),
+    ) -> list[Job]:
+        """Claim up to ``demand`` available jobs of ``queue`` (any queue when None), except
+        those of the ``exclude``d workers."""
+
+    def fetch_chunk(
+        self,
+        queue: str | None,
+        worker: str,
+        *,
+        size: int,
+        ready_before: datetime | None,
+        node: str,
+        now: datetime,
+    ) -> list[Job]:
+        """Claim one ready chunk of ``worker`` (one partition, at most ``size`` jobs)."""
 
     def ack_jobs(self, acks: Sequence[Ack]) -> list[int]:
         """Write outcomes back, fenced by (id, attempt); return the ids that applied."""
 
     def ack_and_fetch(
-        self, acks: Sequence[Ack], queue: str, *, demand: int, node: str, now: datetime
+        self,
+        acks: Sequence[Ack],
+        queue: str,
+        *,
+        demand: int,
+        node: str,
+        now: datetime,
+        exclude: Sequence[str] = (),
     ) -> tuple[list[int], list[Job]]:
         """Ack finished attempts and claim new jobs in one transaction."""
 

@@ -47,16 +47,17 @@ ACK = (
 INSERT_MANY = (
     "INSERT INTO flowpro_jobs (id, state, queue, worker, args, meta, tags, errors, attempt, "
     "max_attempts, priority, inserted_at, scheduled_at, workflow_id, step, deps_pending, "
-    "batch_id) "
+    "batch_id, chunk_key) "
     "SELECT t.id, t.state, t.queue, t.worker, t.args::jsonb, t.meta::jsonb, t.tags::jsonb, "
     "'[]'::jsonb, 0, t.max_attempts, t.priority, %(now)s, t.scheduled_at, t.workflow_id, "
-    "t.step, t.deps_pending, t.batch_id "
+    "t.step, t.deps_pending, t.batch_id, t.chunk_key "
     "FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(queues)s::text[], "
     "%(workers)s::text[], %(args)s::text[], %(metas)s::text[], %(tags)s::text[], "
     "%(maxes)s::int[], %(priorities)s::int[], %(scheduled)s::timestamptz[], "
-    "%(workflows)s::text[], %(steps)s::text[], %(pending)s::int[], %(batches)s::text[]) "
+    "%(workflows)s::text[], %(steps)s::text[], %(pending)s::int[], %(batches)s::text[], "
+    "%(chunks)s::text[]) "
     "AS t(id, state, queue, worker, args, meta, tags, max_attempts, priority, scheduled_at, "
-    "workflow_id, step, deps_pending, batch_id)"
+    "workflow_id, step, deps_pending, batch_id, chunk_key)"
 )
 INSERT_ONE = (
     "INSERT INTO flowpro_jobs (state, queue, worker, args, meta, tags, errors, attempt, "
@@ -199,6 +200,7 @@ class PostgresStorage(SqlStorage):
                     "steps": list(columns[12]),
                     "pending": list(columns[13]),
                     "batches": list(columns[14]),
+                    "chunks": list(columns[15]),
                 },
             )
         finally:
@@ -218,17 +220,38 @@ class PostgresStorage(SqlStorage):
     def _for_update_plain(self) -> str:
         return " FOR UPDATE"
 
+    def _skip_locked(self) -> str:
+        return " FOR UPDATE SKIP LOCKED"
+
     def _fetch(
-        self, c: Connection, queue: str | None, demand: int, node: str, now: datetime
+        self,
+        c: Connection,
+        queue: str | None,
+        demand: int,
+        node: str,
+        now: datetime,
+        exclude: Sequence[str] = (),
     ) -> list[Job]:
-        params = {"now": now, "node": node, "demand": demand, "queue": queue}
-        rows = self._pipelined(c, CLAIM_ANY if queue is None else CLAIM_QUEUE, params)
+        params: dict[str, Any] = {"now": now, "node": node, "demand": demand, "queue": queue}
+        sql = CLAIM_ANY if queue is None else CLAIM_QUEUE
+        if exclude:
+            params["exclude"] = list(exclude)
+            where = "" if queue is None else "AND queue = %(queue)s "
+            sql = _CLAIM.format(queue=f"{where}AND worker <> ALL(%(exclude)s::text[])")
+        rows = self._pipelined(c, sql, params)
         jobs = [self._job(row) for row in rows]
         jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))
         return jobs
 
     def ack_and_fetch(
-        self, acks: Sequence[Ack], queue: str, *, demand: int, node: str, now: datetime
+        self,
+        acks: Sequence[Ack],
+        queue: str,
+        *,
+        demand: int,
+        node: str,
+        now: datetime,
+        exclude: Sequence[str] = (),
     ) -> tuple[list[int], list[Job]]:
         """Ack and claim in one pipelined round trip, then commit.
 
@@ -237,8 +260,10 @@ class PostgresStorage(SqlStorage):
         work per round. Acks of workflow steps and batch members have follow-ups in the same
         transaction, so they take the general path.
         """
-        if any(ack.graph for ack in acks):
-            return super().ack_and_fetch(acks, queue, demand=demand, node=node, now=now)
+        if exclude or any(ack.graph for ack in acks):
+            return super().ack_and_fetch(
+                acks, queue, demand=demand, node=node, now=now, exclude=exclude
+            )
         for delay in (*RETRY_DELAYS, None):
             raw = self._hot_connection()
             try:

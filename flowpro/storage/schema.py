@@ -56,6 +56,8 @@ jobs = Table(
     Column("step", String(255)),
     Column("deps_pending", Integer, nullable=False, server_default=text("0")),
     Column("batch_id", String(64)),
+    # Chunk workers: the partition ("by" keys) the job is processed in.
+    Column("chunk_key", String(255)),
     sqlite_autoincrement=True,
 )
 
@@ -89,6 +91,14 @@ Index(
     jobs.c.step,
     postgresql_where=text("workflow_id IS NOT NULL"),
     sqlite_where=text("workflow_id IS NOT NULL"),
+)
+Index(
+    "flowpro_jobs_chunk_idx",
+    jobs.c.queue,
+    jobs.c.worker,
+    jobs.c.chunk_key,
+    postgresql_where=text("state = 'available' AND chunk_key IS NOT NULL"),
+    sqlite_where=text("state = 'available' AND chunk_key IS NOT NULL"),
 )
 Index(
     "flowpro_jobs_batch_idx",
@@ -128,6 +138,7 @@ batches = Table(
     Column("callback_worker", String(255), nullable=False),
     Column("callback_args", Json, nullable=False),
     Column("callback_queue", String(100)),
+    Column("callbacks", Text, nullable=False, server_default=text("'[]'")),
     Column("total", Integer, nullable=False, server_default=text("0")),
     Column("attempted", Integer, nullable=False, server_default=text("0")),
     Column("completed", Integer, nullable=False, server_default=text("0")),

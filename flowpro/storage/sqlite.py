@@ -37,7 +37,7 @@ ACK = (
 INSERT = (
     "INSERT INTO flowpro_jobs (id, state, queue, worker, args, meta, tags, errors, attempt, "
     "max_attempts, priority, inserted_at, scheduled_at, workflow_id, step, deps_pending, "
-    "batch_id) VALUES (?, ?, ?, ?, ?, ?, ?, '[]', 0, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "batch_id, chunk_key) VALUES (?, ?, ?, ?, ?, ?, ?, '[]', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 ENSURE_SEQUENCE = (
     "INSERT INTO sqlite_sequence (name, seq) "
@@ -144,13 +144,25 @@ class SQLiteStorage(SqlStorage):
             cur.close()
 
     def _fetch(
-        self, c: Connection, queue: str | None, demand: int, node: str, now: datetime
+        self,
+        c: Connection,
+        queue: str | None,
+        demand: int,
+        node: str,
+        now: datetime,
+        exclude: Sequence[str] = (),
     ) -> list[Job]:
-        params = {"now": ts(now), "node": node, "demand": demand, "queue": queue}
+        params: dict[str, Any] = {"now": ts(now), "node": node, "demand": demand, "queue": queue}
+        sql = CLAIM_ANY if queue is None else CLAIM_QUEUE
+        if exclude:
+            names = [f":x{i}" for i in range(len(exclude))]
+            params.update({f"x{i}": name for i, name in enumerate(exclude)})
+            where = "" if queue is None else "AND queue = :queue "
+            sql = _CLAIM.format(queue=f"{where}AND worker NOT IN ({', '.join(names)})")
         cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             # SQLite has no SKIP LOCKED; one UPDATE ... RETURNING is atomic (single writer).
-            rows = cur.execute(CLAIM_ANY if queue is None else CLAIM_QUEUE, params).fetchall()
+            rows = cur.execute(sql, params).fetchall()
         finally:
             cur.close()
         jobs = [self._job(row) for row in rows]

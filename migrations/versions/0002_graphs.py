@@ -1,4 +1,4 @@
-"""Graphs: workflow and batch columns on jobs, workflows, deps, batches, batch callbacks.
+"""Graphs: workflow, batch and chunk columns on jobs; workflows, deps, batches, callbacks.
 
 Revision ID: 0002
 Revises: 0001
@@ -26,12 +26,20 @@ def upgrade() -> None:
             sa.Column("deps_pending", sa.Integer, nullable=False, server_default=sa.text("0"))
         )
         batch.add_column(sa.Column("batch_id", sa.String(64)))
+        batch.add_column(sa.Column("chunk_key", sa.String(255)))
     op.create_index(
         "flowpro_jobs_workflow_idx",
         "flowpro_jobs",
         ["workflow_id", "step"],
         postgresql_where=sa.text("workflow_id IS NOT NULL"),
         sqlite_where=sa.text("workflow_id IS NOT NULL"),
+    )
+    op.create_index(
+        "flowpro_jobs_chunk_idx",
+        "flowpro_jobs",
+        ["queue", "worker", "chunk_key"],
+        postgresql_where=sa.text("state = 'available' AND chunk_key IS NOT NULL"),
+        sqlite_where=sa.text("state = 'available' AND chunk_key IS NOT NULL"),
     )
     op.create_index(
         "flowpro_jobs_batch_idx",
@@ -66,6 +74,7 @@ def upgrade() -> None:
         sa.Column("callback_worker", sa.String(255), nullable=False),
         sa.Column("callback_args", Json, nullable=False),
         sa.Column("callback_queue", sa.String(100)),
+        sa.Column("callbacks", sa.Text, nullable=False, server_default=sa.text("'[]'")),
         *(
             sa.Column(name, sa.Integer, nullable=False, server_default=sa.text("0"))
             for name in ("total", "attempted", "completed", "cancelled", "discarded", "retryable")
@@ -89,8 +98,10 @@ def downgrade() -> None:
     op.drop_index("ix_flowpro_workflows_root_id", table_name="flowpro_workflows")
     op.drop_table("flowpro_workflows")
     op.drop_index("flowpro_jobs_batch_idx", table_name="flowpro_jobs")
+    op.drop_index("flowpro_jobs_chunk_idx", table_name="flowpro_jobs")
     op.drop_index("flowpro_jobs_workflow_idx", table_name="flowpro_jobs")
     with op.batch_alter_table("flowpro_jobs") as batch:
+        batch.drop_column("chunk_key")
         batch.drop_column("batch_id")
         batch.drop_column("deps_pending")
         batch.drop_column("step")
