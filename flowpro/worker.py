@@ -334,19 +334,24 @@ class Worker:
         )
 
     @classmethod
-    def describe_error(cls, job: Job, message: str, details: str | None) -> dict[str, Any]:
+    def describe_error(
+        cls, job: Job, message: str, details: str | None, *, kind: str = "error"
+    ) -> dict[str, Any]:
         """Return the parts of an error entry to store; an encrypted worker seals them.
 
         The message and traceback of an encrypted worker may quote its decrypted args, so they
         are stored encrypted (readable with the key via ``read_error``) and only the exception
-        type stays in plaintext.
+        type (for ``kind="error"``, where the message is ``"Type: text"``) or the kind of
+        outcome (``cancel``, ``discard``, ...) stays in plaintext.
         """
         if cls.encrypted is None:
             entry = {"error": message}
             if details is not None:
                 entry["traceback"] = details
             return entry
-        kind = message.split(":", 1)[0]
+        # Only an exception's message starts with its type name; a Cancel or Discard reason
+        # is free text that may quote the args, so it is labelled by its kind instead.
+        kind = message.split(":", 1)[0] if kind == "error" else _OUTCOME_LABELS.get(kind, kind)
         detail = json.dumps({"error": message, "traceback": details}).encode()
         sealer = cls._sealer(job, "errors")
         assert sealer is not None  # noqa: S101 - encrypted workers always have one
@@ -435,6 +440,8 @@ class Worker:
         """Run when an attempt ends the job as discarded (attempts used up, ``Discard``, or
         args that no longer validate or decrypt)."""
 
+
+_OUTCOME_LABELS = {"cancel": "Cancel", "discard": "Discard", "args": "ArgsError"}
 
 W = TypeVar("W", bound=type[Worker])
 

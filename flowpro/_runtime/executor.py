@@ -140,7 +140,7 @@ def _entry(
     details = None if details is None else _storable(details)
     entry = error_entry(job.attempt, now, message, kind=kind)
     if cls is not None:
-        entry.update(cls.describe_error(job, message, details))
+        entry.update(cls.describe_error(job, message, details, kind=kind))
     elif details is not None:
         entry["traceback"] = details
     return entry

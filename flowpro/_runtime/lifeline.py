@@ -34,3 +34,10 @@ class Lifeline:
         # Forget long-dead nodes so the table stays small.
         self.storage.prune_nodes(before=now - 10 * self.rescue_after)
         return rescued
+
+    def repair(self, now: datetime) -> int:
+        """Heal workflow steps that a crash, manual edit or deleted dep left stuck."""
+        changed = self.storage.repair_graphs(now=now)
+        if changed:
+            log.warning("repaired %d workflow step(s)", changed)
+        return changed

@@ -42,6 +42,7 @@ class NodeConfig(BaseModel):
     leader_ttl: float = Field(default=5.0, gt=0)
     stage_interval: float = Field(default=1.0, gt=0)
     prune_interval: float = Field(default=60.0, gt=0)
+    repair_interval: float = Field(default=30.0, gt=0)
     retention: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))
     cron_interval: float = Field(default=1.0, gt=0)
     shutdown_grace: float = Field(default=15.0, ge=0)
@@ -201,6 +202,8 @@ class Node:
                     self.cron.tick(self.clock())
                 if due("prune", cfg.prune_interval):
                     self.pruner.tick(self.clock())
+                if due("repair", cfg.repair_interval):
+                    self.lifeline.repair(self.clock())
             except Exception as exc:
                 # The database may be down: keep going, every task retries on its next tick.
                 log.warning("periodic work failed (%s); retrying", exc)

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from flowpro.errors import ConfigError
 from flowpro.job import Job, NewJob
-from flowpro.worker import Worker
+from flowpro.worker import _REGISTRY, Worker
 
 DEFAULT_SIZE = 100
 DEFAULT_TIMEOUT = 1.0
@@ -86,6 +86,11 @@ class ChunkWorker(Worker):
         if len(text) > MAX_KEY:
             text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
         return text
+
+
+# The base class is not a worker of its own: keep it out of the registry, and so out of the
+# queues that `fp.run()` and `flowpro run` pick by default.
+_REGISTRY.pop(ChunkWorker.__flowpro_name__, None)
 
 
 def _check_by(by: Iterable[str], label: str) -> tuple[str, ...]:

@@ -327,3 +327,71 @@ def workflow_ids(c: Connection, workflow_id: str) -> list[str]:
 
 
 __all__ = ["after_ack", "insert_plan", "progress", "workflow_ids"]
+
+
+_REPAIR_SCAN = text(
+    "SELECT j.id, j.deps_pending, d.dep_id, p.state, w.ignore_cancelled, w.ignore_discarded, "
+    "w.ignore_deleted, p.step FROM flowpro_jobs j "
+    "JOIN flowpro_deps d ON d.job_id = j.id "
+    "LEFT JOIN flowpro_jobs p ON p.id = d.dep_id "
+    "JOIN flowpro_workflows w ON w.id = j.workflow_id "
+    "WHERE j.id IN (SELECT id FROM flowpro_jobs WHERE state = 'suspended' "
+    "AND workflow_id IS NOT NULL AND id > :after ORDER BY id LIMIT :limit) ORDER BY j.id"
+)
+_RECOUNT = text(
+    "UPDATE flowpro_jobs SET deps_pending = :unmet "
+    "WHERE id = :id AND state = 'suspended' AND deps_pending = :old"
+)
+_FREE = text(
+    "UPDATE flowpro_jobs SET deps_pending = 0, state = CASE WHEN scheduled_at > :now "
+    "THEN 'scheduled' ELSE 'available' END WHERE id = :id AND state = 'suspended' "
+    "AND deps_pending = :old RETURNING state, queue"
+)
+
+
+def repair(
+    st: SqlStorage, c: Connection, *, now: datetime, after: int, limit: int
+) -> tuple[int, int]:
+    """Heal suspended steps that a crash, a manual edit or a deleted dep left behind.
+
+    Recomputes each step's unmet deps from the deps' current states: releases steps with
+    none left, fixes wrong counters, and cancels (cascading) steps whose dep failed or was
+    deleted, per the workflow's ``ignore_*`` flags. Returns (steps changed, last id seen).
+    """
+    rows = c.execute(_REPAIR_SCAN, {"after": after, "limit": limit}).fetchall()
+    steps: dict[int, dict[str, object]] = {}
+    for job_id, pending, _dep, state, ig_c, ig_d, ig_del, step in rows:
+        entry = steps.setdefault(job_id, {"pending": pending, "unmet": 0, "failed": None})
+        if state is None:
+            if not ig_del:
+                entry["failed"] = "an upstream step was deleted"
+        elif (
+            state == "completed"
+            or (state == "cancelled" and ig_c)
+            or (state == "discarded" and ig_d)
+        ):
+            continue
+        elif state in ("cancelled", "discarded"):
+            entry["failed"] = f"upstream step {step!r} was {state}"
+        else:
+            entry["unmet"] = int(entry["unmet"]) + 1  # type: ignore[call-overload]
+    changed = 0
+    released: list[str] = []
+    for job_id, entry in steps.items():
+        old = entry["pending"]
+        if entry["failed"] is not None:
+            cancelled = _cancel_suspended(st, c, [job_id], str(entry["failed"]), now, by_id=True)
+            progress(st, c, [(i, JobState.CANCELLED) for i in cancelled], now, released)
+            changed += len(cancelled)
+        elif entry["unmet"] == 0:
+            row = c.execute(_FREE, {"id": job_id, "old": old, "now": st._ts(now)}).first()
+            if row is not None:
+                changed += 1
+                if row[0] == "available":
+                    released.append(row[1])
+        elif entry["unmet"] != old:
+            result = c.execute(_RECOUNT, {"id": job_id, "old": old, "unmet": entry["unmet"]})
+            changed += result.rowcount or 0
+    if released:
+        st._notify_in_tx(c, sorted(set(released)))
+    return changed, max(steps, default=after)

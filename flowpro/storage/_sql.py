@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -339,6 +340,20 @@ class SqlStorage:
             lambda c: {r[0]: int(r[1]) for r in c.execute(sql, {"ids": list(workflow_ids)})},
             what="workflow_counts",
         )
+
+    def repair_graphs(self, *, now: datetime, batch: int = 500) -> int:
+        """Heal workflow steps left inconsistent (see ``_graph.repair``); return how many
+        steps changed. Scans every suspended step, ``batch`` at a time."""
+        changed, after = 0, 0
+        while True:
+            step_changed, last = self._write(
+                functools.partial(graph.repair, self, now=now, after=after, limit=batch),
+                what="repair_graphs",
+            )
+            changed += step_changed
+            if last == after:
+                return changed
+            after = last
 
     def batch_jobs(self, batch_id: str) -> list[Job]:
         """Return the members of a batch."""

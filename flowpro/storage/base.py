@@ -62,6 +62,9 @@ class Storage(Protocol):
     def batch_jobs(self, batch_id: str) -> list[Job]:
         """Return the members of a batch."""
 
+    def repair_graphs(self, *, now: datetime, batch: int = 500) -> int:
+        """Heal workflow steps left inconsistent; return how many steps changed."""
+
     def list_jobs(
         self,
         *,
