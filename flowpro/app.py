@@ -273,7 +273,6 @@ class FlowPro:
             name=node_name(self.node_prefix),
             cron=entries,
         )
-        self._stop.clear()
         self._node = node
         node.start()
         try:
@@ -281,9 +280,14 @@ class FlowPro:
         finally:
             node.stop()
             self._node = None
+            # Cleared here, not at the start: a stop() that arrives while run() is starting
+            # (a SIGTERM during start-up) must not be lost.
+            self._stop.clear()
 
     def stop(self) -> None:
         """Ask ``run()`` to shut down gracefully; callable from any thread or signal handler.
+
+        A stop that arrives before ``run()`` has started makes that ``run()`` return at once.
 
         Example:
             >>> threading.Timer(5, fp.stop).start(); fp.run()   # doctest: +SKIP

@@ -61,6 +61,7 @@ class Producer:
         self._acks: list[Ack] = []
         self._abandoned: set[int] = set()
         self._fetch_wanted = True
+        self._poll_now = False
         self._stopping = False
         self._halted = False
         self._thread = threading.Thread(target=self._loop, name=f"flowpro-{queue}", daemon=True)
@@ -83,6 +84,10 @@ class Producer:
         if queue == self.queue:
             self._fetch_wanted = True
             self._chunk_wanted = bool(self.chunk_workers)
+            self._event.set()
+        elif queue == "*":
+            # Something changed somewhere: look (a cheap read) rather than claim.
+            self._poll_now = True
             self._event.set()
 
     def stop_claiming(self) -> None:
@@ -269,7 +274,8 @@ class Producer:
             next_poll = last_poll + self.poll_interval
             wake_at = next_poll if upcoming is None else min(next_poll, upcoming)
             self._event.wait(max(0.0, wake_at - time.monotonic()))
-            if time.monotonic() >= next_poll:
+            if self._poll_now or time.monotonic() >= next_poll:
+                self._poll_now = False
                 last_poll = time.monotonic()
                 if not self._stopping:
                     self._poll()

@@ -142,8 +142,11 @@ class PostgresStorage(SqlStorage):
     ) -> list[Job] | None:
         if len(jobs) != 1 or jobs[0].seal is not None:
             return None
-        # One plain job: a single statement whose id comes from the column default.
+        # One plain job: a single statement whose id comes from the column default. It writes
+        # no graph or chunk columns: a batch member or a chunk job takes the general path.
         job = jobs[0]
+        if job.batch_id is not None or job.chunk_key is not None or job.workflow_id is not None:
+            return None
         at = job.resolve_scheduled_at(now)
         state = JobState.AVAILABLE if at <= now else JobState.SCHEDULED
         cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]

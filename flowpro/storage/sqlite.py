@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,6 +101,8 @@ class SQLiteStorage(SqlStorage):
             conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
         super().__init__(url, engine)
+        self._database = database
+        self._watcher: _Watcher | None = None
 
     # Dialect hooks
 
@@ -116,6 +119,30 @@ class SQLiteStorage(SqlStorage):
 
     def _json_append(self, column: str, name: str) -> str:
         return f"json_insert({column}, '$[#]', json(:{name}))"
+
+    # Wake-ups: SQLite has no LISTEN/NOTIFY. PRAGMA data_version changes whenever another
+    # connection (another process, or another connection of this one) commits; a watcher
+    # polls it every few milliseconds, which costs microseconds, and wakes the producers,
+    # so jobs inserted by other processes start within milliseconds instead of a poll period.
+
+    def subscribe(self, wakeup: Any) -> None:
+        """Call ``wakeup`` on changes; the first subscriber starts the data_version watcher."""
+        super().subscribe(wakeup)
+        with self._wakeup_lock:
+            if self._watcher is None and self._database not in ("", ":memory:"):
+                self._watcher = _Watcher(self._database, self._wake_all)
+                self._watcher.start()
+
+    def _wake_all(self) -> None:
+        self._wake_local(["*"])
+
+    def close(self) -> None:
+        """Stop the watcher and dispose of the pool."""
+        with self._wakeup_lock:
+            watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
+        super().close()
 
     def _is_transient(self, exc: DBAPIError) -> bool:
         orig = exc.orig
@@ -192,6 +219,39 @@ class SQLiteStorage(SqlStorage):
         finally:
             cur.close()
         return applied
+
+
+class _Watcher(threading.Thread):
+    """Polls PRAGMA data_version on its own connection and calls back when it changes."""
+
+    def __init__(self, database: str, callback: Any, interval: float = 0.005) -> None:
+        super().__init__(name="flowpro-sqlite-watcher", daemon=True)
+        self._database = database
+        self._callback = callback
+        self._interval = interval
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            conn = sqlite3.connect(self._database, timeout=1.0, check_same_thread=False)
+        except sqlite3.Error:
+            return  # producers still poll
+        try:
+            last = None
+            while not self._stopped.wait(self._interval):
+                try:
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                except sqlite3.Error:
+                    continue
+                if last is not None and version != last:
+                    self._callback()
+                last = version
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=1)
 
 
 __all__ = ["JobState", "SQLiteStorage"]
