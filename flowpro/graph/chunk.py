@@ -61,6 +61,15 @@ class ChunkWorker(Worker):
             cls.chunk_timeout = float(seconds)
         if by is not None:
             cls.chunk_by = _check_by(by, label)
+        encrypted = options.get("encrypted")
+        if (encrypted or (encrypted is None and cls.encrypted is not None)) and any(
+            part.startswith("args.") for part in cls.chunk_by
+        ):
+            # The partition key is stored in plain text, to be grouped by in SQL.
+            raise ConfigError(
+                f"{label}: an encrypted chunk worker cannot partition by args (they would be "
+                "stored in plain text); partition by meta keys instead"
+            )
         super().__init_subclass__(**options)
 
     def process(self, jobs: list[Job]) -> Any:  # type: ignore[override]
