@@ -304,7 +304,9 @@ class FlowPro:
 
         Jobs run in priority then scheduled order; jobs that become available meanwhile
         (zero-backoff retries and anything an ack releases) run too. ``with_scheduled`` also
-        runs jobs scheduled in the future.
+        runs jobs scheduled in the future. Drain stops when a round only snoozed jobs, so a
+        worker that keeps snoozing cannot make it loop forever. A sync worker's ``timeout``
+        is not enforced here (the attempt runs in the caller's thread); ``run()`` enforces it.
 
         Example:
             >>> fp.drain(queue="etl")   # doctest: +SKIP
@@ -347,6 +349,9 @@ class FlowPro:
                 if not acks:
                     break
                 counts.update(str(ack.state) for ack in acks)
+                if all(ack.state is JobState.SCHEDULED for ack in acks):
+                    # Only snoozes were left (Snooze(0) would otherwise loop forever).
+                    break
                 storage.heartbeat(name, queues=[queue or "*"], now=utcnow())
         finally:
             storage.remove_node(name)

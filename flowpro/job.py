@@ -154,6 +154,17 @@ class NewJob:
     batch_id: str | None = None
     chunk_key: str | None = None
 
+    def __repr__(self) -> str:
+        # An encrypted worker's args are plaintext until insert: keep them out of logs.
+        hidden = self.seal is not None
+        args = "<encrypted>" if hidden else repr(self.args)
+        return (
+            f"NewJob(worker={self.worker!r}, queue={self.queue!r}, args={args}, "
+            f"meta={self.meta!r}, tags={self.tags!r}, priority={self.priority}, "
+            f"max_attempts={self.max_attempts}, schedule_in={self.schedule_in!r}, "
+            f"scheduled_at={self.scheduled_at!r})"
+        )
+
     def stored_args(self, job_id: int) -> str:
         """Return the args as stored for the job with this id."""
         return self.args_json if self.seal is None else self.seal(job_id)
@@ -284,6 +295,7 @@ class Ack:
     recorded: bytes | None = None
     # The job belongs to a workflow or batch: its ack has follow-ups in the same transaction.
     graph: bool = False
+    batch: bool = False
 
 
 # JSON codec for args and meta

@@ -45,6 +45,10 @@ def prepare(job: Job, now: datetime) -> tuple[type[Worker] | None, Job | Ack]:
         message = f"deadline {deadline.isoformat()} passed before the job could start"
         # flowpro's own message quotes no job data: stored plain even for encrypted workers.
         return cls, _terminal(None, job, JobState.CANCELLED, message, "deadline", now)
+    if _is_batch_callback(cls, job):
+        # A callback's args are the batch's callback_args, stored as given (like meta): the
+        # worker's model and encryption describe its members' args, not these.
+        return cls, job
     try:
         args = cls.load_args(job)
     except ArgsError as exc:
@@ -281,6 +285,15 @@ def entry_point(worker: Worker, job: Job) -> Callable[[Job], Any]:
         if callable(method):
             return method  # type: ignore[no-any-return]
     return worker.process
+
+
+def _is_batch_callback(cls: type[Worker], job: Job) -> bool:
+    kind = job.meta.get("callback") if isinstance(job.meta, dict) else None
+    return (
+        isinstance(kind, str)
+        and "batch_id" in job.meta
+        and callable(getattr(cls, f"batch_{kind}", None))
+    )
 
 
 def is_async(cls: type[Worker], job: Job) -> bool:

@@ -20,6 +20,13 @@ from flowpro.worker import registered_workers, resolve_worker
 log = logging.getLogger("flowpro.producer")
 
 
+def _tag(ack: Ack, job: Job) -> Ack:
+    """Mark the ack of a workflow step or batch member: it has follow-ups when written."""
+    if job.workflow_id is None and job.batch_id is None:
+        return ack
+    return dataclasses.replace(ack, graph=True, batch=job.batch_id is not None)
+
+
 @dataclass(slots=True)
 class _Running:
     job: Job
@@ -124,8 +131,7 @@ class Producer:
             abandoned = job.id in self._abandoned
             self._abandoned.discard(job.id)
             if not abandoned:
-                graph = job.workflow_id is not None or job.batch_id is not None
-                self._acks.append(dataclasses.replace(ack, graph=True) if graph else ack)
+                self._acks.append(_tag(ack, job))
             # Otherwise it was acked as timed out (or handed back): this result changes nothing.
         self._event.set()
 
@@ -135,10 +141,8 @@ class Producer:
             abandoned = jobs[0].id in self._abandoned
             self._abandoned.discard(jobs[0].id)
             if not abandoned:
-                graph = {j.id for j in jobs if j.workflow_id is not None or j.batch_id is not None}
-                self._acks.extend(
-                    dataclasses.replace(ack, graph=True) if ack.id in graph else ack for ack in acks
-                )
+                by_id = {j.id: j for j in jobs}
+                self._acks.extend(_tag(ack, by_id[ack.id]) for ack in acks)
         self._chunk_wanted = True
         self._event.set()
 
@@ -187,8 +191,7 @@ class Producer:
                     cls = resolve_worker(running.job.worker)
                     exc = JobTimeout(f"attempt timed out after {cls.timeout:g}s")
                     ack = fail(cls, cls(), running.job, exc, self.clock())
-                    graph = running.job.workflow_id is not None or running.job.batch_id is not None
-                    self._acks.append(dataclasses.replace(ack, graph=graph))
+                    self._acks.append(_tag(ack, running.job))
                     self._abandoned.add(job_id)
                     self.executor.interrupt(job_id)
                 elif upcoming is None or running.deadline < upcoming:

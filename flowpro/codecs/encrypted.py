@@ -18,11 +18,11 @@ import binascii
 import functools
 import hashlib
 import importlib
-import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -109,8 +109,10 @@ def resolve_keys(source: KeySource | Keyring) -> Keyring:
     """
     if isinstance(source, Keyring):
         return source
-    what = f"encryption key source {_describe(source)}"
-    fn = _load(_check_source(source, what), what)
+    try:
+        fn, what = _source(source)
+    except TypeError:  # an unhashable callable object: not cached
+        fn, what = _source.__wrapped__(source)
     try:
         value = fn()
     except Exception as exc:
@@ -123,7 +125,9 @@ def resolve_keys(source: KeySource | Keyring) -> Keyring:
         )
     if not items:
         raise ConfigError(f"{what} returned no keys; {_HINT}")
-    return Keyring(tuple(_key(_decode(item, index, what)) for index, item in enumerate(items, 1)))
+    if all(type(item) is str for item in items):
+        return _keyring(tuple(items), what)
+    return _build_keyring(items, what)  # raises ConfigError naming the bad item
 
 
 def generate_key() -> str:
@@ -158,7 +162,8 @@ def job_aad(worker_name: str, purpose: str, job_identity: str) -> bytes:
     for part in (worker_name, job_identity):
         if not isinstance(part, str):
             raise TypeError(f"worker name and job identity must be str, got {type(part).__name__}")
-    text = json.dumps(["flowpro/aad/v1", worker_name, purpose, job_identity], separators=(",", ":"))
+    # Byte for byte json.dumps([...], separators=(",", ":")), at a fraction of its cost.
+    text = f'["flowpro/aad/v1",{_quote(worker_name)},"{purpose}",{_quote(job_identity)}]'
     return text.encode("ascii")
 
 
@@ -268,6 +273,13 @@ def _check_source(source: Any, what: str) -> KeySource:
     return source  # type: ignore[no-any-return]
 
 
+@functools.lru_cache(maxsize=64)
+def _source(source: KeySource) -> tuple[Callable[[], Any], str]:
+    # Cached: a source is checked (and a string imported) once; it is still called every time.
+    what = f"encryption key source {_describe(source)}"
+    return _load(_check_source(source, what), what), what
+
+
 def _load(source: KeySource, what: str) -> Callable[[], Any]:
     if not isinstance(source, str):
         return source
@@ -305,6 +317,17 @@ def _decode(item: Any, index: int, what: str) -> bytes:
     if len(raw) != 32:
         raise ConfigError(f"{name} decodes to {len(raw)} bytes; AES-256 needs 32 ({_HINT})")
     return raw
+
+
+@functools.lru_cache(maxsize=64)
+def _keyring(items: tuple[str, ...], what: str) -> Keyring:
+    # Cached on the strings the source returned: the source is asked on every use (so a
+    # rotation takes effect at once), but the same answer is not decoded again.
+    return _build_keyring(items, what)
+
+
+def _build_keyring(items: Sequence[Any], what: str) -> Keyring:
+    return Keyring(tuple(_key(_decode(item, index, what)) for index, item in enumerate(items, 1)))
 
 
 @functools.lru_cache(maxsize=64)

@@ -107,14 +107,17 @@ def pack(
     if value is None:
         return None
     check_limit(limit)
-    _check(value, "$", 0, redact)
     try:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        _check_shape(value)
+    except (TypeError, ValueError, RecursionError, CodecError) as exc:
+        # Walk the value only now, to name the first place that is not strict JSON.
+        _check(value, "$", 0, redact)
+        raise CodecError(f"recorded output is not JSON-serialisable: {exc}") from None
+    try:
         raw = text.encode("utf-8")
     except UnicodeEncodeError:
         raise CodecError("recorded output contains a lone surrogate in a string") from None
-    except (TypeError, ValueError, RecursionError) as exc:  # e.g. an int over 4300 digits
-        raise CodecError(f"recorded output is not JSON-serialisable: {exc}") from None
     bound = max_output(limit)
     if len(raw) > bound:
         raise RecordTooLarge(
@@ -220,6 +223,29 @@ def _decompress(frame: bytes, bound: int) -> bytes:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"non-finite number {name}")
+
+
+def _check_shape(value: Any) -> None:
+    """Raise CodecError where ``_check`` would, for values json.dumps accepted: non-str keys
+    (json.dumps turns them into strings) and nesting past MAX_DEPTH. Containers only, no
+    recursion, no paths: the cheap test on the way to every record."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if item and depth >= MAX_DEPTH:
+                raise CodecError("too deep")
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise CodecError("non-str key")
+                if isinstance(child, dict | list | tuple):
+                    stack.append((child, depth + 1))
+        elif isinstance(item, list | tuple):
+            if item and depth >= MAX_DEPTH:
+                raise CodecError("too deep")
+            stack.extend(
+                (child, depth + 1) for child in item if isinstance(child, dict | list | tuple)
+            )
 
 
 def _check(value: Any, path: str, depth: int, redact: bool) -> None:

@@ -25,10 +25,12 @@ class Batch:
     """A group of jobs inserted in one transaction, with callbacks on the callback worker.
 
     Callbacks are methods of the callback worker (default: the members' worker), each run as
-    its own retryable job, inserted exactly once per batch in the transaction of the ack that
-    makes it due: ``batch_attempted`` (every member ran at least once), ``batch_completed``
-    (all completed), ``batch_exhausted`` (all completed, cancelled or discarded), and the
-    first-occurrence ``batch_cancelled``, ``batch_discarded`` and ``batch_retryable``.
+    its own retryable job whose args are ``callback_args`` (a plain JSON object, stored as
+    given: not validated by a structured worker's model, never encrypted), inserted exactly
+    once per batch in the transaction of the ack that makes it due: ``batch_attempted``
+    (every member ran at least once), ``batch_completed`` (all completed),
+    ``batch_exhausted`` (all completed, cancelled or discarded), and the first-occurrence
+    ``batch_cancelled``, ``batch_discarded`` and ``batch_retryable``.
 
     Example:
         >>> batch = Batch([Notify.new({"user": u}) for u in users], callback=NotifyDone,
@@ -65,8 +67,9 @@ class Batch:
         """Return what ``fp.insert`` writes: the batch row and its members.
 
         Raises:
-            GraphError: the batch is empty, or its members have several workers and no
-                ``callback`` was given.
+            GraphError: the batch is empty, its members have several workers and no
+                ``callback`` was given, or an encrypted callback worker was given
+                ``callback_args`` (those are stored in plain text).
         """
         if not self.jobs:
             raise GraphError(f"batch {self.name or self.batch_id!r} has no jobs")
@@ -84,6 +87,13 @@ class Batch:
         if self._appending:
             return InsertPlan(jobs=tuple(members))
         cls = self._callback_class()
+        if self.callback_args and cls.encrypted is not None:
+            # Callback args are stored as given, like meta: never encrypted.
+            raise GraphError(
+                f"callback {cls.__flowpro_name__!r} is encrypted, but callback_args are "
+                "stored in plain text; pass no callback_args (read members' data with "
+                "Batch.all_recorded inside the callback)"
+            )
         planned = PlannedBatch(
             id=self.batch_id,
             name=self.name,

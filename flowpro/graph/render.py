@@ -121,10 +121,13 @@ def to_dot(graph: FlatGraph) -> str:
 
     def emit(wid: str, indent: str) -> None:
         for node in by_workflow.get(wid, []):
-            label = node.name if node.state is None else f"{node.name}\\n{node.state}"
+            # Escape the parts, not the joined label: "\\n" is DOT's line break.
+            label = _dot_escape(node.name)
+            if node.state is not None:
+                label += "\\n" + _dot_escape(node.state)
             colour = COLOURS.get(node.state or "", "#ffffff")
             lines.append(
-                f'{indent}{node.key} [label="{_dot_escape(label)}", fillcolor="{colour}", '
+                f'{indent}{node.key} [label="{label}", fillcolor="{colour}", '
                 f'tooltip="{_dot_escape(node.worker)}"];'
             )
         for child in children.get(wid, []):

@@ -167,10 +167,27 @@ class Workflow:
         else:
             path = [edge[0] for edge in cycle] + [cycle[0][0]]
             raise GraphError("steps form a cycle: " + " -> ".join(repr(p) for p in path))
+        self._check_subs({self.workflow_id})
         for step in self._steps.values():
             if step.sub is not None:
                 step.sub.graph()
         return g
+
+    def _check_subs(self, seen: set[str]) -> None:
+        # An empty sub-workflow would let its dependents skip its deps; a sub-workflow used
+        # twice (or nested in itself) would be written twice (or flattened forever).
+        for name, step in self._steps.items():
+            if step.sub is None:
+                continue
+            if not step.sub._steps:
+                raise GraphError(f"sub-workflow step {name!r} has no steps")
+            if step.sub.workflow_id in seen:
+                raise GraphError(
+                    f"step {name!r}: sub-workflow {step.sub._label()} is added more than once "
+                    "(or inside itself)"
+                )
+            seen.add(step.sub.workflow_id)
+            step.sub._check_subs(seen)
 
     def plan(self) -> InsertPlan:
         """Validate and flatten the workflow into what ``fp.insert`` writes.
@@ -204,6 +221,7 @@ class Workflow:
         external: list[tuple[int, str, str]],
         workflows: list[PlannedWorkflow],
         outer: list[int],
+        outer_external: tuple[tuple[str, str], ...] = (),
     ) -> list[int]:
         g = self.graph()
         workflows.append(
@@ -224,8 +242,11 @@ class Workflow:
             step = self._steps[name]
             inner = [dep for dep in step.deps if dep in self._steps]
             upstream = [i for dep in inner for i in placed[dep]]
+            # Deps on steps already in the database (appending): (workflow id, step name).
+            existing = tuple((self.workflow_id, d) for d in step.deps if d not in self._steps)
             if not step.deps:
                 upstream = list(outer)
+                existing = outer_external
             if step.job is not None:
                 index = len(jobs)
                 meta = {**step.job.meta, "workflow_id": self.workflow_id, "name": name}
@@ -241,14 +262,12 @@ class Workflow:
                     )
                 )
                 edges.extend((index, dep) for dep in upstream)
-                external.extend(
-                    (index, self.workflow_id, dep) for dep in step.deps if dep not in self._steps
-                )
+                external.extend((index, wid, dep) for wid, dep in existing)
                 placed[name] = [index]
             else:
                 assert step.sub is not None  # noqa: S101 - a step has a job or a sub-workflow
                 placed[name] = step.sub._flatten(
-                    root_id, self.workflow_id, jobs, edges, external, workflows, upstream
+                    root_id, self.workflow_id, jobs, edges, external, workflows, upstream, existing
                 )
             everything.extend(placed[name])
         return everything

@@ -64,8 +64,10 @@ def insert_plan(st: SqlStorage, c: Connection, plan: InsertPlan, now: datetime) 
         pending[dependent] += 1
     external: list[tuple[int, int]] = []
     doomed: dict[int, str] = {}
+    root_id = None
     if plan.append_to is not None:
-        _check_new_steps(c, plan)
+        # Sub-workflows appended from inside a sub-workflow belong to the outermost root.
+        root_id = _check_new_steps(c, plan)
     if plan.external_deps:
         find = text(_FIND_STEP + st._for_update())
         for index, workflow_id, step in plan.external_deps:
@@ -91,7 +93,7 @@ def insert_plan(st: SqlStorage, c: Connection, plan: InsertPlan, now: datetime) 
                 {
                     "id": w.id,
                     "name": w.name,
-                    "root_id": w.root_id,
+                    "root_id": root_id or w.root_id,
                     "parent_id": w.parent_id,
                     "ignore_cancelled": w.ignore_cancelled,
                     "ignore_discarded": w.ignore_discarded,
@@ -173,17 +175,21 @@ def insert_plan(st: SqlStorage, c: Connection, plan: InsertPlan, now: datetime) 
         cancelled: list[int] = []
         for index, reason in doomed.items():
             cancelled += _cancel_suspended(st, c, [ids[index]], reason, now, by_id=True)
-        progress(st, c, [(job_id, JobState.CANCELLED) for job_id in cancelled], now, [])
+        progress(
+            st, c, [(job_id, JobState.CANCELLED) for job_id in cancelled], now, [], upstream=True
+        )
         gone = set(cancelled)
         saved = [_with_state(j, JobState.CANCELLED) if j.id in gone else j for j in saved]
     return saved
 
 
-def _check_new_steps(c: Connection, plan: InsertPlan) -> None:
+def _check_new_steps(c: Connection, plan: InsertPlan) -> str:
+    """Check the appended workflow exists and the new step names are free; return its root."""
     names = [job.step for job in plan.jobs if job.workflow_id == plan.append_to and job.step]
-    if not c.execute(
-        text("SELECT 1 FROM flowpro_workflows WHERE id = :id"), {"id": plan.append_to}
-    ).first():
+    root = c.execute(
+        text("SELECT root_id FROM flowpro_workflows WHERE id = :id"), {"id": plan.append_to}
+    ).first()
+    if root is None:
         raise GraphError(f"workflow {plan.append_to!r} does not exist")
     if names:
         taken = c.execute(
@@ -197,6 +203,7 @@ def _check_new_steps(c: Connection, plan: InsertPlan) -> None:
                 f"workflow {plan.append_to!r} already has step(s) "
                 + ", ".join(repr(row[0]) for row in taken)
             )
+    return str(root[0])
 
 
 def after_ack(
@@ -245,9 +252,16 @@ def progress(
     finished: Sequence[tuple[int, JobState]],
     now: datetime,
     released: list[str],
+    *,
+    upstream: bool = False,
 ) -> None:
-    """Release or cancel the steps waiting on jobs that just reached a terminal state."""
+    """Release or cancel the steps waiting on jobs that just reached a terminal state.
+
+    ``upstream``: the jobs were cancelled because a dep failed. Such cancellations always
+    cascade (a discard upstream must not slip through ``ignore_cancelled`` one step later).
+    """
     pending = list(finished)
+    forced = {job_id for job_id, _ in pending} if upstream else set()
     while pending:
         policy = {
             row[0]: (row[1], bool(row[2]), bool(row[3]))
@@ -259,7 +273,7 @@ def progress(
             if job_id not in policy:
                 continue  # not a workflow step
             step, ignore_cancelled, ignore_discarded = policy[job_id]
-            if (
+            if job_id not in forced and (
                 state is JobState.COMPLETED
                 or (state is JobState.CANCELLED and ignore_cancelled)
                 or (state is JobState.DISCARDED and ignore_discarded)
@@ -277,6 +291,7 @@ def progress(
         for job_id, reason in failed:
             cascaded += _cancel_suspended(st, c, [job_id], reason, now, by_id=False)
         pending = [(job_id, JobState.CANCELLED) for job_id in cascaded]
+        forced.update(cascaded)
 
 
 def _cancel_suspended(
@@ -381,7 +396,9 @@ def repair(
         old = entry["pending"]
         if entry["failed"] is not None:
             cancelled = _cancel_suspended(st, c, [job_id], str(entry["failed"]), now, by_id=True)
-            progress(st, c, [(i, JobState.CANCELLED) for i in cancelled], now, released)
+            progress(
+                st, c, [(i, JobState.CANCELLED) for i in cancelled], now, released, upstream=True
+            )
             changed += len(cancelled)
         elif entry["unmet"] == 0:
             row = c.execute(_FREE, {"id": job_id, "old": old, "now": st._ts(now)}).first()

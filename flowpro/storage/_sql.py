@@ -536,8 +536,25 @@ class SqlStorage:
             "WHERE id = :id AND state NOT IN ('executing', 'available', 'suspended') "
             f"RETURNING {JOB_COLUMNS}"
         )
+        before = text(f"SELECT state FROM flowpro_jobs WHERE id = :id{self._for_update_plain()}")
         params = {"id": job_id, "now": self._ts(now)}
-        row = self._write(lambda c: c.execute(sql, params).first(), what="retry_job")
+
+        def run(c: Connection) -> Any:
+            prior = c.execute(before, params).scalar()
+            row = c.execute(sql, params).first()
+            if (
+                row is not None
+                and row[21] is not None
+                and prior in ("completed", "cancelled", "discarded")
+            ):
+                # The batch counted this member as finished: it is not any more (its next
+                # outcome is counted again).
+                from flowpro.storage import _batch
+
+                _batch.bump(self, c, row[21], {prior: -1}, now, [])
+            return row
+
+        row = self._write(run, what="retry_job")
         if row is None:
             return self.get_job(job_id)
         job = self._job(row)

@@ -44,6 +44,27 @@ ACK = (
     "WHERE j.id = v.id AND j.attempt = v.attempt AND (j.state = 'executing') IS TRUE "
     "RETURNING j.id, j.workflow_id, j.batch_id"
 )
+# The ack of completed workflow steps with their release, in one statement: the steps waiting
+# on the acked jobs lose one unmet dep per completed one and become available at zero. Only
+# acks that applied count (the `acked` CTE), so a fenced-out ack never releases anything.
+ACK_RELEASE = (
+    "WITH acked AS ("
+    + ACK.replace(
+        "RETURNING j.id, j.workflow_id, j.batch_id",
+        "RETURNING j.id, j.workflow_id, j.batch_id, j.state",
+    )
+    + "), "
+    "freed AS (UPDATE flowpro_jobs AS t SET deps_pending = t.deps_pending - c.n, "
+    "state = CASE WHEN t.deps_pending - c.n > 0 THEN t.state "
+    "WHEN t.scheduled_at > %(now)s THEN 'scheduled' ELSE 'available' END "
+    "FROM (SELECT d.job_id, count(*) AS n FROM flowpro_deps d JOIN acked a ON a.id = d.dep_id "
+    "WHERE a.state = 'completed' AND a.workflow_id IS NOT NULL GROUP BY d.job_id) AS c "
+    "WHERE t.id = c.job_id AND t.state = 'suspended' RETURNING t.state, t.queue), "
+    f"told AS (SELECT q, pg_notify('{CHANNEL}', q) FROM "
+    "(SELECT DISTINCT queue AS q FROM freed WHERE state = 'available') AS x) "
+    "SELECT id, workflow_id, batch_id, NULL FROM acked "
+    "UNION ALL SELECT NULL, NULL, NULL, q FROM told"
+)
 INSERT_MANY = (
     "INSERT INTO flowpro_jobs (id, state, queue, worker, args, meta, tags, errors, attempt, "
     "max_attempts, priority, inserted_at, scheduled_at, workflow_id, step, deps_pending, "
@@ -240,7 +261,9 @@ class PostgresStorage(SqlStorage):
         if exclude:
             params["exclude"] = list(exclude)
             where = "" if queue is None else "AND queue = %(queue)s "
-            sql = _CLAIM.format(queue=f"{where}AND worker <> ALL(%(exclude)s::text[])")
+            # A chunk worker's job without a partition (a batch callback) runs on its own.
+            excluded = "(worker <> ALL(%(exclude)s::text[]) OR chunk_key IS NULL)"
+            sql = _CLAIM.format(queue=f"{where}AND {excluded}")
         rows = self._pipelined(c, sql, params)
         jobs = [self._job(row) for row in rows]
         jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))
@@ -263,14 +286,22 @@ class PostgresStorage(SqlStorage):
         work per round. Acks of workflow steps and batch members have follow-ups in the same
         transaction, so they take the general path.
         """
-        if exclude or any(ack.graph for ack in acks):
+        if exclude or any(
+            ack.batch or (ack.graph and ack.state in (JobState.CANCELLED, JobState.DISCARDED))
+            for ack in acks
+        ):
+            # Failures cascade (and batch members count) in Python: the general path.
             return super().ack_and_fetch(
                 acks, queue, demand=demand, node=node, now=now, exclude=exclude
             )
         for delay in (*RETRY_DELAYS, None):
             raw = self._hot_connection()
+            released: list[str] = []
             try:
-                return self._ack_and_fetch(raw, acks, queue, demand, node, now)
+                result = self._ack_and_fetch(raw, acks, queue, demand, node, now, released)
+                if released:
+                    self._wake_local(released)
+                return result
             except Exception as exc:
                 self._drop_hot_connection(raw)
                 if delay is not None and _psycopg_transient(exc):
@@ -280,15 +311,25 @@ class PostgresStorage(SqlStorage):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _ack_and_fetch(
-        self, raw: Any, acks: Sequence[Ack], queue: str, demand: int, node: str, now: datetime
+        self,
+        raw: Any,
+        acks: Sequence[Ack],
+        queue: str,
+        demand: int,
+        node: str,
+        now: datetime,
+        released: list[str],
     ) -> tuple[list[int], list[Job]]:
+        graph = any(ack.graph for ack in acks)
         ack_cur = raw.cursor()
         claim_cur = raw.cursor()
         try:
             with raw.pipeline():
                 if not self.synchronous_acks:
                     ack_cur.execute(ASYNC_COMMIT)
-                if acks:
+                if acks and graph:
+                    ack_cur.execute(ACK_RELEASE, {**self._ack_params(acks), "now": now})
+                elif acks:
                     ack_cur.execute(ACK, self._ack_params(acks))
                 if demand > 0:
                     claim_cur.execute(
@@ -296,7 +337,9 @@ class PostgresStorage(SqlStorage):
                     )
                 # The commit travels in the same round trip; results are read once it is done.
                 raw.commit()
-            applied = [row[0] for row in ack_cur.fetchall()] if acks else []
+            results = ack_cur.fetchall() if acks else []
+            applied = [row[0] for row in results if row[0] is not None]
+            released.extend(row[3] for row in results if row[3] is not None)
             rows = claim_cur.fetchall() if demand > 0 else []
         except BaseException:
             raw.rollback()
@@ -426,7 +469,7 @@ class _Listener(threading.Thread):
                     self.connected.set()
                     delay = 0.1
                     while not self._stopped.is_set():
-                        for note in conn.notifies(timeout=0.5):
+                        for note in conn.notifies(timeout=0.1):
                             self._callback(note.payload)
             except Exception as exc:
                 self.connected.clear()

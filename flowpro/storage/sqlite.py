@@ -185,7 +185,9 @@ class SQLiteStorage(SqlStorage):
             names = [f":x{i}" for i in range(len(exclude))]
             params.update({f"x{i}": name for i, name in enumerate(exclude)})
             where = "" if queue is None else "AND queue = :queue "
-            sql = _CLAIM.format(queue=f"{where}AND worker NOT IN ({', '.join(names)})")
+            # A chunk worker's job without a partition (a batch callback) runs on its own.
+            excluded = f"(worker NOT IN ({', '.join(names)}) OR chunk_key IS NULL)"
+            sql = _CLAIM.format(queue=f"{where}AND {excluded}")
         cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             # SQLite has no SKIP LOCKED; one UPDATE ... RETURNING is atomic (single writer).

@@ -1,0 +1,432 @@
+"""A node (``fp.run``) on real databases: processing, timeouts, concurrency, shutdown, rescue."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+import flowpro
+from flowpro.job import JobState, utcnow
+from tests.conftest import eventually
+from tests.runtime.nodes import RunThread, Tally, another_app, running
+
+TALLY = Tally()
+GATE = threading.Event()  # released by a test (or its teardown) to let blocked jobs finish
+STARTED = threading.Event()
+SYNC_DONE = threading.Event()
+ASYNC_DONE = threading.Event()
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    global TALLY
+    TALLY = Tally()
+    for event in (GATE, STARTED, SYNC_DONE, ASYNC_DONE):
+        event.clear()
+    yield
+    GATE.set()  # never leave a worker thread blocked
+
+
+class Count(flowpro.Worker, queue="work"):
+    def process(self, job):
+        TALLY.add(job.id)
+
+
+class FailOnce(flowpro.Worker, queue="work", max_attempts=3):
+    def process(self, job):
+        TALLY.add(job.attempt)
+        if job.attempt == 1:
+            raise RuntimeError("first attempt fails")
+
+    def backoff(self, job):
+        return 0
+
+
+class Blocked(flowpro.Worker, queue="work", max_attempts=3):
+    """Runs until the test releases GATE."""
+
+    def process(self, job):
+        STARTED.set()
+        if not GATE.wait(10):
+            raise TimeoutError("the test never released the gate")
+        TALLY.add(job.id)
+        return "released"
+
+
+class Short(flowpro.Worker, queue="work"):
+    def process(self, job):
+        STARTED.set()
+        time.sleep(0.3)
+        TALLY.add(job.id)
+
+
+class SyncTimeout(flowpro.Worker, queue="work", timeout=0.3, max_attempts=1):
+    def process(self, job):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # interruptible between sleeps
+            time.sleep(0.01)
+        TALLY.add("finished")
+
+
+class AsyncTimeout(flowpro.Worker, queue="work", timeout=0.3, max_attempts=1):
+    async def process(self, job):
+        await asyncio.sleep(10)
+        TALLY.add("finished")
+
+
+class SlowSync(flowpro.Worker, queue="mixed", max_attempts=1):
+    """Blocks its thread until an async job has finished."""
+
+    def process(self, job):
+        if not ASYNC_DONE.wait(5):
+            raise TimeoutError("the async job never ran while this sync job was running")
+        TALLY.add("slow-sync")
+
+
+class FastAsync(flowpro.Worker, queue="mixed", max_attempts=1):
+    async def process(self, job):
+        await asyncio.sleep(0.01)
+        ASYNC_DONE.set()
+        TALLY.add("fast-async")
+
+
+class SlowAsync(flowpro.Worker, queue="mixed", max_attempts=1):
+    """Awaits until a sync job has finished."""
+
+    async def process(self, job):
+        for _ in range(500):
+            if SYNC_DONE.is_set():
+                TALLY.add("slow-async")
+                return
+            await asyncio.sleep(0.01)
+        raise TimeoutError("the sync job never ran while this async job was running")
+
+
+class FastSync(flowpro.Worker, queue="mixed", max_attempts=1):
+    def process(self, job):
+        SYNC_DONE.set()
+        TALLY.add("fast-sync")
+
+
+class ManyAsync(flowpro.Worker, queue="mixed", max_attempts=1):
+    """Each waits until all of them are running at once."""
+
+    async def process(self, job):
+        TALLY.add("started")
+        for _ in range(500):
+            if TALLY.counts["started"] >= job.args["of"]:
+                return
+            await asyncio.sleep(0.01)
+        raise TimeoutError("async jobs did not run concurrently")
+
+
+# Processing
+
+
+def test_run_until_idle_processes_every_job_of_its_queues_once(fp):
+    jobs = fp.insert_all([Count.new({"i": i}) for i in range(200)])
+    elsewhere = fp.insert_all([Count.new({"i": i}, queue="second") for i in range(50)])
+    untouched = fp.insert(Count.new({}, queue="not-run"))
+
+    fp.run(queues={"work": 10, "second": 3}, until_idle=True)
+
+    assert TALLY.counts == {j.id: 1 for j in [*jobs, *elsewhere]}
+    assert fp.storage.count_jobs() == {"completed": 250, "available": 1}
+    assert fp.get_job(untouched.id).state is JobState.AVAILABLE
+
+
+def test_run_until_idle_reruns_a_failed_job_after_its_backoff(fp):
+    job = fp.insert(FailOnce.new({}))
+
+    fp.run(queues={"work": 2}, until_idle=True)
+
+    done = fp.get_job(job.id)
+    assert done.state is JobState.COMPLETED
+    assert done.attempt == 2
+    assert [e["attempt"] for e in done.errors] == [1]
+    assert TALLY.counts == {1: 1, 2: 1}
+
+
+def test_run_until_idle_returns_at_once_when_nothing_is_due(fp):
+    later = fp.insert(Count.new({}, schedule_in=3600))
+    started = time.monotonic()
+
+    fp.run(queues={"work": 1}, until_idle=True)
+
+    assert time.monotonic() - started < 5
+    assert fp.get_job(later.id).state is JobState.SCHEDULED
+
+
+def test_a_job_scheduled_shortly_runs_when_it_is_due(fp):
+    with running(fp, queues={"work": 2}):
+        job = fp.insert(Count.new({}, schedule_in=0.3))
+        assert fp.get_job(job.id).state is JobState.SCHEDULED
+
+        eventually(lambda: fp.get_job(job.id).state is JobState.COMPLETED)
+
+    assert fp.get_job(job.id).attempted_at >= job.scheduled_at
+
+
+def test_a_job_inserted_while_the_node_runs_is_picked_up(fp):
+    with running(fp, queues={"work": 2}):
+        job = fp.insert(Count.new({}))
+
+        eventually(lambda: fp.get_job(job.id).state is JobState.COMPLETED)
+
+    assert TALLY.counts == {job.id: 1}
+
+
+def test_a_job_of_an_unregistered_worker_is_discarded_and_the_node_keeps_running(fp):
+    stranded = fp.insert(dataclasses.replace(Count.new({}), worker="app.Gone"))
+
+    with running(fp, queues={"work": 2}):
+        eventually(lambda: fp.get_job(stranded.id).state is JobState.DISCARDED)
+        later = fp.insert(Count.new({}))
+        eventually(lambda: fp.get_job(later.id).state is JobState.COMPLETED)
+
+    error = fp.get_job(stranded.id).errors[0]
+    assert "worker 'app.Gone' is not registered" in error["error"]
+
+
+def test_run_refuses_bad_queue_limits(fp):
+    for queues in ({"work": 0}, {"work": -1}, {"work": "5"}, {"work": True}, {}):
+        with pytest.raises(flowpro.ConfigError):
+            fp.run(queues=queues, until_idle=True)
+
+
+# Timeouts
+
+
+def test_a_sync_attempt_that_outlives_its_timeout_fails_and_is_interrupted(fp):
+    job = fp.insert(SyncTimeout.new({}))
+    started = time.monotonic()
+
+    fp.run(queues={"work": 2}, until_idle=True)
+
+    read = fp.get_job(job.id)
+    assert read.state is JobState.DISCARDED
+    assert "attempt timed out after 0.3s" in read.errors[0]["error"]
+    assert time.monotonic() - started < 5
+    assert "finished" not in TALLY.counts
+
+
+def test_an_async_attempt_that_outlives_its_timeout_fails(fp):
+    job = fp.insert(AsyncTimeout.new({}))
+    started = time.monotonic()
+
+    fp.run(queues={"work": 2}, until_idle=True)
+
+    read = fp.get_job(job.id)
+    assert read.state is JobState.DISCARDED
+    assert "timed out after 0.3s" in read.errors[0]["error"]
+    assert time.monotonic() - started < 5
+    assert "finished" not in TALLY.counts
+
+
+# Sync and async workers side by side
+
+
+def test_a_slow_sync_job_does_not_hold_up_async_jobs(fp):
+    slow = fp.insert(SlowSync.new({}, priority=0))
+    fast = fp.insert(FastAsync.new({}, priority=1))
+
+    fp.run(queues={"mixed": 4}, until_idle=True)
+
+    assert fp.get_job(slow.id).state is JobState.COMPLETED
+    assert fp.get_job(fast.id).state is JobState.COMPLETED
+
+
+def test_a_slow_async_job_does_not_hold_up_sync_jobs(fp):
+    slow = fp.insert(SlowAsync.new({}, priority=0))
+    fast = fp.insert(FastSync.new({}, priority=1))
+
+    fp.run(queues={"mixed": 4}, until_idle=True)
+
+    assert fp.get_job(slow.id).state is JobState.COMPLETED
+    assert fp.get_job(fast.id).state is JobState.COMPLETED
+
+
+def test_async_jobs_of_a_queue_run_concurrently_on_one_loop(fp):
+    jobs = fp.insert_all([ManyAsync.new({"of": 5}) for _ in range(5)])
+
+    fp.run(queues={"mixed": 5}, until_idle=True)
+
+    assert [fp.get_job(j.id).state for j in jobs] == [JobState.COMPLETED] * 5
+
+
+# Stopping
+
+
+def test_stop_from_another_thread_lets_the_running_job_finish(fp):
+    with running(fp, queues={"work": 2}) as thread:
+        job = fp.insert(Short.new({}))
+        assert STARTED.wait(5)
+        node = fp.node.name
+
+        threading.Thread(target=fp.stop).start()
+        thread.finish()
+
+    read = fp.get_job(job.id)
+    assert read.state is JobState.COMPLETED
+    assert TALLY.counts == {job.id: 1}
+    assert fp.node is None
+    assert node not in fp.storage.live_nodes(alive_since=utcnow() - timedelta(days=1))
+
+
+def test_a_stop_that_arrives_before_run_starts_is_not_lost(fp):
+    fp.stop()  # e.g. SIGTERM while the node is still starting up
+    thread = RunThread(fp, queues={"work": 1})
+
+    thread.start()
+
+    thread.finish(timeout=10)
+    assert fp.node is None
+
+
+def test_run_can_be_started_again_after_a_stop(fp):
+    with running(fp, queues={"work": 1}):
+        pass
+
+    job = fp.insert(Count.new({}))
+    fp.run(queues={"work": 1}, until_idle=True)
+
+    assert fp.get_job(job.id).state is JobState.COMPLETED
+
+
+def test_a_job_still_running_after_the_grace_period_is_handed_back(db_url, fp):
+    app = another_app(db_url, shutdown_grace=0.2)
+    try:
+        job = app.insert(Blocked.new({}))
+        with running(app, queues={"work": 1}):
+            assert STARTED.wait(5)
+
+        read = app.get_job(job.id)
+        assert read.state is JobState.AVAILABLE
+        assert (read.attempt, read.max_attempts) == (1, 4)  # the attempt was given back
+    finally:
+        GATE.set()
+        app.close()
+
+
+def test_a_stopped_node_resigns_so_another_leads_at_once(db_url, fp):
+    second = another_app(db_url)
+    try:
+        with running(fp, queues={"work": 1}):
+            eventually(lambda: fp.node.leader.is_leader)
+            with running(second, queues={"work": 1}):
+                time.sleep(0.3)  # several heartbeats: the lease must stay where it is
+                assert not second.node.leader.is_leader
+                fp.stop()
+                eventually(lambda: second.node.leader.is_leader, timeout=3)
+    finally:
+        second.close()
+
+
+# Leadership across nodes
+
+
+def test_two_nodes_elect_exactly_one_leader(db_url, fp):
+    second = another_app(db_url)
+    try:
+        with running(fp, queues={"work": 1}), running(second, queues={"work": 1}):
+            nodes = [fp.node, second.node]
+            eventually(lambda: any(n.leader.is_leader for n in nodes))
+            samples = []
+            for _ in range(40):
+                samples.append(sum(n.leader.is_leader for n in nodes))
+                time.sleep(0.02)
+    finally:
+        second.close()
+
+    assert samples == [1] * 40
+
+
+# Cancel and retry through the facade
+
+
+def test_cancel_and_retry_through_the_facade(fp):
+    job = fp.insert(Count.new({}, schedule_in=3600))
+
+    cancelled = fp.cancel_job(job.id)
+    assert cancelled.state is JobState.CANCELLED
+    assert fp.drain(with_scheduled=True) == {}
+
+    retried = fp.retry_job(job.id)
+    assert retried.state is JobState.AVAILABLE
+    assert fp.drain() == {"completed": 1}
+
+    assert fp.cancel_job(job.id).state is JobState.COMPLETED  # finished: unchanged
+    assert fp.cancel_job(10**9) is None
+    assert fp.retry_job(10**9) is None
+    assert TALLY.counts == {job.id: 1}
+
+
+def test_cancelling_an_executing_job_makes_its_outcome_a_no_op(fp):
+    job = fp.insert(Blocked.new({}))
+
+    with running(fp, queues={"work": 1}):
+        assert STARTED.wait(5)
+        assert fp.get_job(job.id).state is JobState.EXECUTING
+
+        assert fp.cancel_job(job.id).state is JobState.CANCELLED
+        GATE.set()
+        eventually(lambda: TALLY.counts[job.id] == 1)
+        eventually(lambda: not fp.node.busy())
+
+    read = fp.get_job(job.id)
+    assert read.state is JobState.CANCELLED
+    assert read.completed_at is None and read.recorded is None
+
+
+# Rescue
+
+
+def test_the_jobs_of_a_dead_node_are_rescued_and_run_again(fp):
+    job = fp.insert(Count.new({}))
+    orphan = fp.storage.fetch_jobs("work", demand=1, node="crashed-node", now=utcnow())[0]
+    assert orphan.id == job.id
+
+    with running(fp, queues={"work": 1}):
+        eventually(lambda: fp.get_job(job.id).state is JobState.COMPLETED, timeout=10)
+
+    read = fp.get_job(job.id)
+    assert read.attempt == 2
+    assert [e["kind"] for e in read.errors] == ["rescued"]
+    assert TALLY.counts == {job.id: 1}
+    late = fp.storage.ack_jobs(
+        [flowpro.job.Ack(id=job.id, attempt=1, state=JobState.DISCARDED, at=utcnow())]
+    )
+    assert late == []
+
+
+# Many nodes
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_every_job_completes_exactly_once_across_three_nodes(db_url, fp, round_):
+    apps = [fp, another_app(db_url), another_app(db_url)]
+    jobs = fp.insert_all([Count.new({"i": i}) for i in range(300)])
+    threads = []
+    try:
+        for app in apps:
+            thread = threading.Thread(
+                target=app.run, kwargs=dict(queues={"work": 4}, until_idle=True), daemon=True
+            )
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join(60)
+            assert not thread.is_alive()
+    finally:
+        for app in apps[1:]:
+            app.close()
+
+    assert TALLY.counts == {j.id: 1 for j in jobs}
+    assert fp.storage.count_jobs() == {"completed": 300}
+    completed = fp.list_jobs(state="completed", limit=1_000)
+    assert all(j.attempt == 1 for j in completed)
