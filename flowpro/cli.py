@@ -1,4 +1,4 @@
-"""The ``flowpro`` command line: run a node, migrate, inspect and manage jobs, make keys.
+"""The ``flowpro`` command line: run a node, migrate, manage jobs, DAGs and workflows, make keys.
 
 Every command reads ``--database-url``, else ``$FLOWPRO_DATABASE_URL``, else
 ``sqlite:///flowpro.db``. Exit codes: 0 success, 1 a database or job problem (unreachable,
@@ -10,16 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
 import click
+from croniter import croniter
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -29,8 +33,10 @@ from flowpro import _loader
 from flowpro._runtime.node import NodeConfig
 from flowpro.app import DEFAULT_CONCURRENCY, FlowPro, default_queues
 from flowpro.codecs.encrypted import generate_key
-from flowpro.errors import ConfigError, FlowproError
-from flowpro.job import Job, JobState
+from flowpro.errors import ConfigError, FlowproError, GraphError
+from flowpro.graph.dag import Dag, find_dag, registered_dags
+from flowpro.graph.workflow import Workflow
+from flowpro.job import Job, JobState, utcnow
 from flowpro.storage import open_storage, resolve_url
 from flowpro.storage.base import Storage
 
@@ -40,6 +46,15 @@ SETTINGS_ENV = "FLOWPRO_SETTINGS"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 STATES = [str(s) for s in JobState]
 STOPPER = "flowpro-stop"
+GRAPH_FORMATS = ("mermaid", "dot", "json", "svg")
+_SUFFIX_FORMATS = {
+    ".mmd": "mermaid",
+    ".mermaid": "mermaid",
+    ".dot": "dot",
+    ".gv": "dot",
+    ".json": "json",
+    ".svg": "svg",
+}
 
 # Set by `run` when attempts handed back at shutdown still occupy worker threads: `main` then
 # ends the process without waiting for them (the interpreter would otherwise join them).
@@ -646,6 +661,378 @@ def cancel_job(job_id: int, database_url: str | None) -> None:
         click.echo(f"job {job_id} cancelled (was {before.state})")
     else:
         raise CliError(f"job {job_id} already finished as {job.state}; nothing to cancel", 1)
+
+
+# dags
+
+
+def _load_dags(paths: tuple[str, ...], modules: tuple[str, ...]) -> list[str]:
+    """Import the DAG files and modules (default paths when none is given); return what was
+    searched, for messages.
+
+    Raises:
+        CliError: (exit 2) a file fails to import, or there is nothing to load.
+    """
+    where = list(paths) or _loader.default_paths()
+    if not where and not modules:
+        raise CliError(
+            "no DAG paths: pass PATHS or -m MODULE, set $FLOWPRO_DAGS, or create ./dags", 2
+        )
+    try:
+        _loader.load(where, modules)
+    except ConfigError as exc:
+        _bad_input(exc)
+    return [*where, *(f"-m {m}" for m in modules)]
+
+
+def _find_dag(name: str, searched: Sequence[str]) -> Dag:
+    try:
+        return find_dag(name)
+    except ConfigError as exc:
+        raise CliError(f"{exc}; searched {', '.join(searched)}", 2) from exc
+
+
+def _build(found: Dag, tick: datetime) -> Workflow:
+    """Call the DAG function and validate its workflow.
+
+    Raises:
+        CliError: (exit 2) the function raised, or its workflow is invalid (a cycle...).
+    """
+    try:
+        wf = found(tick)
+        wf.plan()
+    except FlowproError as exc:
+        raise CliError(f"DAG {found.name!r}: {exc}", 2) from exc
+    except Exception as exc:
+        raise CliError(f"DAG {found.name!r} failed to build: {_loader._describe(exc)}", 2) from exc
+    return wf
+
+
+def next_run(schedule: str | None, now: datetime) -> datetime | None:
+    """Return the first tick of ``schedule`` after ``now`` (None for an unscheduled DAG).
+
+    Example:
+        >>> next_run("0 2 * * *", datetime(2026, 11, 29, 5, tzinfo=UTC)).isoformat()
+        '2026-11-30T02:00:00+00:00'
+    """
+    if not schedule:
+        return None
+    tick: datetime = croniter(schedule, now).get_next(datetime)
+    return tick
+
+
+def _parse_tick(value: str | None) -> datetime:
+    if value is None:
+        return utcnow()
+    try:
+        tick = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise CliError(
+            f"--tick {value!r} is not an ISO 8601 time, e.g. 2026-11-01T06:00:00Z", 2
+        ) from None
+    return tick.replace(tzinfo=UTC) if tick.tzinfo is None else tick.astimezone(UTC)
+
+
+def modules_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``-m/--module`` (repeatable), as `run` has it."""
+    return click.option(
+        "-m", "--module", "modules", multiple=True, metavar="MODULE",
+        help="Import a module by dotted name (repeatable).",
+    )(fn)  # fmt: skip
+
+
+paths_argument = click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+
+
+@cli.group()
+def dags() -> None:
+    """List, show and trigger DAGs (@flowpro.dag functions in DAG files).
+
+    PATHS are DAG files or folders, as for `flowpro run`; default $FLOWPRO_DAGS, else ./dags.
+    """
+
+
+@dags.command("list")
+@paths_argument
+@modules_option
+@database_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of DAGs.")
+def list_dags(
+    paths: tuple[str, ...], modules: tuple[str, ...], database_url: str | None, as_json: bool
+) -> None:
+    """List the DAGs in PATHS: name, schedule, next run, module, description.
+
+    Reads the files only; --database-url is accepted for symmetry and not opened.
+    """
+    searched = _load_dags(paths, modules)
+    now = utcnow()
+    found = [(d, next_run(d.schedule, now)) for d in registered_dags()]
+    if as_json:
+        rows = [
+            {
+                "name": d.name,
+                "schedule": d.schedule,
+                "next_run": when.isoformat() if when else None,
+                "module": d.module,
+                "description": d.description,
+            }
+            for d, when in found
+        ]
+        click.echo(_dumps(rows))
+        return
+    out = console()
+    if not found:
+        out.print(f"no DAGs in {escape(', '.join(searched))}")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("NAME", "SCHEDULE", "NEXT RUN (UTC)", "MODULE"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("DESCRIPTION", overflow="ellipsis", max_width=70)
+    for d, when in found:
+        table.add_row(
+            escape(d.name),
+            escape(d.schedule or "-"),
+            _time(when) if when else "manual",
+            escape(d.module),
+            escape(d.description or ""),
+        )
+    out.print(table)
+    out.print(f"{len(found)} DAG(s)")
+
+
+@dags.command("show")
+@click.argument("name")
+@paths_argument
+@modules_option
+@database_option
+@click.option(
+    "-f", "--format", "fmt", type=click.Choice(GRAPH_FORMATS), default=None,
+    help="Default: from the --output suffix (.mmd .dot .gv .json .svg), else mermaid. "
+    "svg needs Graphviz's dot.",
+)  # fmt: skip
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), metavar="FILE")
+def show_dag(
+    name: str,
+    paths: tuple[str, ...],
+    modules: tuple[str, ...],
+    database_url: str | None,
+    fmt: str | None,
+    output: str | None,
+) -> None:
+    """Print (or write) the definition graph of DAG NAME.
+
+    The DAG function is called as for a manual trigger (with the current time as its tick);
+    nothing is inserted and the database is not opened.
+    """
+    kind = _graph_format(fmt, output)
+    searched = _load_dags(paths, modules)
+    wf = _build(_find_dag(name, searched), utcnow())
+    renderers = {"mermaid": wf.to_mermaid, "dot": wf.to_dot, "json": wf.to_json}
+    _emit_graph(lambda f: renderers[f](), kind, output)
+
+
+@dags.command("trigger")
+@click.argument("name")
+@paths_argument
+@modules_option
+@database_option
+@click.option(
+    "--tick", metavar="TIME",
+    help="The logical run time passed to the DAG (ISO 8601, UTC unless it has an offset); "
+    "default now.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the workflow id and job ids as JSON.")
+def trigger_dag(
+    name: str,
+    paths: tuple[str, ...],
+    modules: tuple[str, ...],
+    database_url: str | None,
+    tick: str | None,
+    as_json: bool,
+) -> None:
+    """Insert DAG NAME's workflow now (whatever its schedule); print its workflow id."""
+    url = resolve_url(database_url)
+    when = _parse_tick(tick)
+    searched = _load_dags(paths, modules)
+    found = _find_dag(name, searched)
+    # The same context a scheduled run gets, so steps read the tick either way.
+    wf = _build(found, when).put_context({"flowpro_tick": when.isoformat()})
+    app = open_app(url)
+    try:
+        with database_errors(url):
+            saved = app.insert(wf)
+    finally:
+        app.close()
+    if as_json:
+        doc = {
+            "dag": found.name,
+            "workflow_id": wf.workflow_id,
+            "tick": when.isoformat(),
+            "steps": len(saved),
+            "job_ids": [job.id for job in saved],
+        }
+        click.echo(_dumps(doc))
+        return
+    click.echo(f"triggered {found.name}: workflow {wf.workflow_id}, {len(saved)} step(s)")
+    click.echo(f"follow it with: flowpro graph {wf.workflow_id}")
+
+
+# workflows and graph
+
+
+def _graph_format(fmt: str | None, output: str | None) -> str:
+    """Pick the format: --format, else the --output suffix, else mermaid.
+
+    Raises:
+        CliError: (exit 2) the two disagree; (exit 1) svg without Graphviz.
+    """
+    implied = _SUFFIX_FORMATS.get(Path(output).suffix.lower()) if output else None
+    if fmt and implied and fmt != implied:
+        raise CliError(
+            f"--format {fmt} does not match --output {output} (a {implied} file); drop one of them",
+            2,
+        )
+    kind = fmt or implied or "mermaid"
+    if kind == "svg":
+        _dot_program()
+    return kind
+
+
+def _dot_program() -> str:
+    found = shutil.which("dot")
+    if found is None:
+        raise CliError(
+            "SVG needs Graphviz's `dot`, which is not on PATH: install Graphviz "
+            "(apt-get install graphviz, brew install graphviz) or use --format mermaid, dot "
+            "or json",
+            1,
+        )
+    return found
+
+
+def to_svg(dot_source: str) -> str:
+    """Render DOT as SVG with Graphviz's ``dot -Tsvg``.
+
+    Raises:
+        CliError: (exit 1) Graphviz is missing or fails.
+    """
+    program = _dot_program()
+    try:
+        # The input is DOT that flowpro wrote; the program is the dot found on PATH.
+        done = subprocess.run(  # noqa: S603
+            [program, "-Tsvg"], input=dot_source, capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CliError(f"Graphviz's dot failed: {exc}", 1) from exc
+    if done.returncode != 0:
+        raise CliError(f"Graphviz's dot failed: {_one_line(Exception(done.stderr))}", 1)
+    return done.stdout
+
+
+def _emit_graph(render: Callable[[str], str], kind: str, output: str | None) -> None:
+    """Render in ``kind`` (svg through DOT) to stdout or to ``output``."""
+    text = to_svg(render("dot")) if kind == "svg" else render(kind)
+    if output is None:
+        click.echo(text, nl=not text.endswith("\n"))
+        return
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot write {output}: {exc.strerror or exc}", 2) from exc
+    click.echo(f"wrote {output} ({kind})")
+
+
+@cli.command("graph")
+@click.argument("workflow_id")
+@database_option
+@click.option(
+    "-f", "--format", "fmt", type=click.Choice(GRAPH_FORMATS), default=None,
+    help="Default: from the --output suffix (.mmd .dot .gv .json .svg), else mermaid. "
+    "svg needs Graphviz's dot.",
+)  # fmt: skip
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), metavar="FILE")
+def graph_command(
+    workflow_id: str, database_url: str | None, fmt: str | None, output: str | None
+) -> None:
+    """Print (or write) a running or finished workflow with each step's state."""
+    kind = _graph_format(fmt, output)
+    url = resolve_url(database_url)
+    app = open_app(url)
+    try:
+        with database_errors(url):
+            try:
+                text = app.workflow_graph(workflow_id, format="dot" if kind == "svg" else kind)
+            except GraphError:
+                raise CliError(f"no workflow with id {workflow_id}", 1) from None
+    finally:
+        app.close()
+    _emit_graph(lambda _format: text, kind, output)
+
+
+@cli.group()
+def workflows() -> None:
+    """Inspect workflow runs (see also `flowpro graph`)."""
+
+
+@workflows.command("status")
+@click.argument("workflow_id")
+@database_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def workflow_status(workflow_id: str, database_url: str | None, as_json: bool) -> None:
+    """Show a workflow's state, its steps per state, and how long it has run."""
+    url = resolve_url(database_url)
+    app = open_app(url)
+    try:
+        with database_errors(url):
+            try:
+                status = app.workflow_status(workflow_id)
+            except GraphError:
+                raise CliError(f"no workflow with id {workflow_id}", 1) from None
+    finally:
+        app.close()
+    duration = status.duration
+    if as_json:
+        doc = {
+            "workflow_id": status.workflow_id,
+            "name": status.name,
+            "state": status.state,
+            "counts": status.counts,
+            "total": status.total,
+            "started_at": status.started_at.isoformat() if status.started_at else None,
+            "finished_at": status.finished_at.isoformat() if status.finished_at else None,
+            "duration_seconds": duration.total_seconds() if duration is not None else None,
+        }
+        click.echo(_dumps(doc))
+        return
+    out = console()
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    counts = ", ".join(
+        f"{_styled_state(JobState(state))} {n}" for state, n in sorted(status.counts.items())
+    )
+    grid.add_row("workflow", escape(status.workflow_id))
+    grid.add_row("name", escape(status.name or "-"))
+    grid.add_row("state", _WORKFLOW_STYLES.get(status.state, "{}").format(status.state))
+    grid.add_row("steps", f"{status.total}" + (f" ({counts})" if counts else ""))
+    grid.add_row("started", _time(status.started_at))
+    grid.add_row("finished", _time(status.finished_at))
+    running = status.finished_at is None and duration is not None
+    grid.add_row(
+        "duration",
+        "-"
+        if duration is None
+        else f"{duration.total_seconds():.3f}s" + (" so far" if running else ""),
+    )
+    out.print(grid)
+
+
+_WORKFLOW_STYLES = {
+    "running": "[cyan]{}[/]",
+    "completed": "[green]{}[/]",
+    "cancelled": "[magenta]{}[/]",
+    "discarded": "[red]{}[/]",
+}
 
 
 # Entry point

@@ -12,6 +12,7 @@ from croniter import croniter
 
 from flowpro.errors import ConfigError, GraphError
 from flowpro.graph.workflow import Workflow
+from flowpro.job import utcnow
 
 log = logging.getLogger("flowpro.dag")
 
@@ -49,8 +50,8 @@ class Dag:
         self._takes_tick = bool(inspect.signature(fn).parameters)
 
     def __call__(self, tick: datetime | None = None) -> Workflow:
-        """Build the workflow (for ``tick``, when the function takes it)."""
-        wf = self.fn(tick) if self._takes_tick else self.fn()
+        """Build the workflow (for ``tick``, default now, when the function takes it)."""
+        wf = self.fn(tick if tick is not None else utcnow()) if self._takes_tick else self.fn()
         if not isinstance(wf, Workflow):
             raise GraphError(f"DAG {self.name!r} returned {type(wf).__name__}, not a Workflow")
         if wf.name is None:

@@ -176,7 +176,8 @@ def to_mermaid(graph: FlatGraph) -> str:
             lines.append(f'{indent}{node.key}["{_mermaid_escape(label)}"]')
         for child in children.get(wid, []):
             name = graph.workflows[child][0] or child
-            lines.append(f'{indent}subgraph {_safe(child)}["{_mermaid_escape(name)}"]')
+            # A Mermaid subgraph id must not start with a digit (workflow ids often do).
+            lines.append(f'{indent}subgraph wf_{_safe(child)}["{_mermaid_escape(name)}"]')
             emit(child, indent + "  ")
             lines.append(f"{indent}end")
 

@@ -238,7 +238,8 @@ class Workflow:
         )
         placed: dict[str, list[int]] = {}
         everything: list[int] = []
-        for name in nx.lexicographical_topological_sort(g, key=list(self._steps).index):
+        order = {name: i for i, name in enumerate(self._steps)}
+        for name in nx.lexicographical_topological_sort(g, key=order.__getitem__):
             step = self._steps[name]
             inner = [dep for dep in step.deps if dep in self._steps]
             upstream = [i for dep in inner for i in placed[dep]]

@@ -34,7 +34,6 @@ _INSERT_BATCH = text(
     ":callback_queue, :callbacks, :total, :now)"
 )
 _GROW_BATCH = text("UPDATE flowpro_batches SET total = total + :n WHERE id = :id RETURNING id")
-_INSERT_DEP = text("INSERT INTO flowpro_deps (job_id, dep_id) VALUES (:job_id, :dep_id)")
 _FIND_STEP = (
     "SELECT j.id, j.state, w.ignore_cancelled, w.ignore_discarded FROM flowpro_jobs j "
     "JOIN flowpro_workflows w ON w.id = j.workflow_id "
@@ -167,7 +166,7 @@ def insert_plan(st: SqlStorage, c: Connection, plan: InsertPlan, now: datetime) 
     edges = [{"job_id": ids[a], "dep_id": ids[b]} for a, b in plan.deps]
     edges += [{"job_id": ids[a], "dep_id": dep_id} for a, dep_id in external]
     if edges:
-        c.execute(_INSERT_DEP, edges)
+        st._write_deps(c, [(e["job_id"], e["dep_id"]) for e in edges])
     queues = sorted({j.queue for j in saved if j.state is JobState.AVAILABLE})
     if queues:
         st._notify_in_tx(c, queues)

@@ -704,18 +704,31 @@ class SqlStorage:
         """Claim one chunk: up to ``size`` available jobs of one worker and partition, from a
         partition that has ``size`` jobs or whose oldest is due since before ``ready_before``
         (None: any partition)."""
-        ready = "count(*) >= :size" + (" OR min(scheduled_at) <= :ready" if ready_before else "")
-        if ready_before is None:
-            ready = "count(*) >= 1"
         scope = "state = 'available' AND worker = :worker" + (
             " AND queue = :queue" if queue is not None else ""
         )
-        sql = text(
-            f"WITH part AS (SELECT chunk_key FROM flowpro_jobs WHERE {scope} "
-            f"AND chunk_key IS NOT NULL GROUP BY chunk_key HAVING {ready} "
-            "ORDER BY min(priority), min(scheduled_at) LIMIT 1), "
+        if ready_before is None:
+            ready, head_ready = "count(*) >= 1", "1 = 1"
+        else:
+            ready = "count(*) >= :size OR min(scheduled_at) <= :ready"
+            head_ready = (
+                "head.scheduled_at <= :ready OR (SELECT count(*) FROM (SELECT 1 FROM "
+                f"flowpro_jobs WHERE {scope} AND chunk_key = head.chunk_key LIMIT :size) AS n) "
+                ">= :size"
+            )
+        # The partition of the best available job is taken when it is ready (a bounded count,
+        # cheap however long the queue); only otherwise are all partitions grouped to find one.
+        sql = (
+            f"WITH head AS (SELECT chunk_key, scheduled_at FROM flowpro_jobs WHERE {scope} "
+            "AND chunk_key IS NOT NULL ORDER BY priority, scheduled_at, id "
+            f"LIMIT 1{self._skip_locked()}), "
+            f"fast AS (SELECT chunk_key FROM head WHERE {head_ready}), "
+            "part AS (SELECT chunk_key FROM fast UNION ALL SELECT chunk_key FROM ("
+            f"SELECT chunk_key FROM flowpro_jobs WHERE {scope} AND chunk_key IS NOT NULL "
+            f"GROUP BY chunk_key HAVING {ready} ORDER BY min(priority), min(scheduled_at) "
+            "LIMIT 1) AS g WHERE NOT EXISTS (SELECT 1 FROM fast)), "
             f"picked AS (SELECT id FROM flowpro_jobs WHERE {scope} "
-            "AND chunk_key = (SELECT chunk_key FROM part) "
+            "AND chunk_key = (SELECT chunk_key FROM part LIMIT 1) "
             f"ORDER BY priority, scheduled_at, id LIMIT :size{self._skip_locked()}) "
             "UPDATE flowpro_jobs SET state = 'executing', attempt = attempt + 1, "
             "attempted_at = :now, attempted_by = :node WHERE id IN (SELECT id FROM picked) "
@@ -731,7 +744,7 @@ class SqlStorage:
         }
 
         def run(c: Connection) -> list[Job]:
-            jobs = [self._job(row) for row in c.execute(sql, params)]
+            jobs = [self._job(row) for row in self._claim_rows(c, sql, params)]
             jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))
             return jobs
 
@@ -790,8 +803,20 @@ class SqlStorage:
         chunk_key)."""
         raise NotImplementedError
 
+    def _write_deps(self, c: Connection, edges: Sequence[tuple[int, int]]) -> None:
+        """Write graph edges (job id, dep id) in bulk."""
+        c.execute(
+            text("INSERT INTO flowpro_deps (job_id, dep_id) VALUES (:job_id, :dep_id)"),
+            [{"job_id": a, "dep_id": b} for a, b in edges],
+        )
+
     def _notify_in_tx(self, c: Connection, queues: Sequence[str]) -> None:
         """Tell other nodes about available jobs when the transaction commits."""
+
+    def _claim_rows(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
+        """Run a claiming statement (``:name`` parameters); return its rows. Adapters run it
+        on the driver's cursor, as they run their other claims."""
+        return list(c.execute(text(sql), params))
 
     def _for_update(self) -> str:
         """Return the row-locking clause for a SELECT whose rows the transaction relies on."""

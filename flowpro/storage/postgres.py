@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -58,7 +60,10 @@ ACK_RELEASE = (
     "state = CASE WHEN t.deps_pending - c.n > 0 THEN t.state "
     "WHEN t.scheduled_at > %(now)s THEN 'scheduled' ELSE 'available' END "
     "FROM (SELECT d.job_id, count(*) AS n FROM flowpro_deps d JOIN acked a ON a.id = d.dep_id "
-    "WHERE a.state = 'completed' AND a.workflow_id IS NOT NULL GROUP BY d.job_id) AS c "
+    # The ANY() bound lets the planner probe the dep index with the (few) acked ids instead
+    # of scanning every edge for the join with the CTE.
+    "WHERE d.dep_id = ANY(%(ids)s::bigint[]) AND a.state = 'completed' "
+    "AND a.workflow_id IS NOT NULL GROUP BY d.job_id) AS c "
     "WHERE t.id = c.job_id AND t.state = 'suspended' RETURNING t.state, t.queue), "
     f"told AS (SELECT q, pg_notify('{CHANNEL}', q) FROM "
     "(SELECT DISTINCT queue AS q FROM freed WHERE state = 'available') AS x) "
@@ -94,6 +99,12 @@ NEXT_IDS = (
 # inserts always commit synchronously, so no job is ever lost.
 ASYNC_COMMIT = "SET LOCAL synchronous_commit TO OFF"
 NOTIFY = f"SELECT pg_notify('{CHANNEL}', q) FROM unnest(%(queues)s::text[]) AS q"
+
+
+@functools.lru_cache(maxsize=64)
+def _pyformat(sql: str) -> str:
+    """Return SQL written with ``:name`` parameters in psycopg's ``%(name)s`` style."""
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
 
 
 def _psycopg_transient(exc: BaseException) -> bool:
@@ -230,6 +241,17 @@ class PostgresStorage(SqlStorage):
         finally:
             cur.close()
 
+    def _write_deps(self, c: Connection, edges: Sequence[tuple[int, int]]) -> None:
+        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cur.execute(
+                "INSERT INTO flowpro_deps (job_id, dep_id) "
+                "SELECT * FROM unnest(%(a)s::bigint[], %(b)s::bigint[])",
+                {"a": [e[0] for e in edges], "b": [e[1] for e in edges]},
+            )
+        finally:
+            cur.close()
+
     def _notify_in_tx(self, c: Connection, queues: Sequence[str]) -> None:
         # NOTIFY inside the transaction: delivered on commit, also the caller's transaction's.
         cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -237,6 +259,9 @@ class PostgresStorage(SqlStorage):
             cur.execute(NOTIFY, {"queues": list(queues)})
         finally:
             cur.close()
+
+    def _claim_rows(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
+        return self._pipelined(c, _pyformat(sql), params)
 
     def _for_update(self) -> str:
         return " FOR UPDATE OF j"
@@ -339,7 +364,8 @@ class PostgresStorage(SqlStorage):
                 raw.commit()
             results = ack_cur.fetchall() if acks else []
             applied = [row[0] for row in results if row[0] is not None]
-            released.extend(row[3] for row in results if row[3] is not None)
+            if graph:  # only ACK_RELEASE returns a fourth column (the queues it woke)
+                released.extend(row[3] for row in results if row[3] is not None)
             rows = claim_cur.fetchall() if demand > 0 else []
         except BaseException:
             raw.rollback()
