@@ -150,22 +150,24 @@ class Producer:
         """Claim ready chunks into free slots; return how many slots they took."""
         taken = 0
         for cls in self.chunk_workers:
-            while taken < demand:
-                now = self.clock()
-                jobs = self.storage.fetch_chunk(
-                    self.queue,
-                    cls.__flowpro_name__,
-                    size=cls.chunk_size,
-                    ready_before=now - timedelta(seconds=cls.chunk_timeout),
-                    node=self.node,
-                    now=now,
-                )
-                if not jobs:
-                    break
+            if taken >= demand:
+                break
+            now = self.clock()
+            # Every free slot at once: one transaction, one statement per chunk.
+            chunks = self.storage.fetch_chunk_many(
+                self.queue,
+                cls.__flowpro_name__,
+                size=cls.chunk_size,
+                ready_before=now - timedelta(seconds=cls.chunk_timeout),
+                node=self.node,
+                now=now,
+                count=demand - taken,
+            )
+            for jobs in chunks:
                 with self._lock:
                     self._running[jobs[0].id] = _Running(jobs[0], None, jobs)
                 self.executor.submit_chunk(jobs, functools.partial(self._done_chunk, jobs))
-                taken += 1
+            taken += len(chunks)
         if taken < demand:
             self._chunk_wanted = False
         return taken

@@ -150,6 +150,14 @@ def load(model: type[M], data: Any, *, redact: bool = False) -> M:
             f"instance, got {type(data).__name__}"
         )
     strict = _strict(model)
+    names = _plain_names(model) if strict is not model else None
+    if names is not None and data.keys() <= names:
+        # No unknown key, so the user's class alone decides; the strict subclass is needed
+        # only to list every problem when this fails.
+        try:
+            return model.model_validate(data)
+        except ValidationError:
+            pass
     try:
         checked = strict.model_validate(data)
         # A forbid-extra subclass found every problem; return the user's own class.
@@ -170,6 +178,24 @@ def _strict(model: type[BaseModel]) -> type[BaseModel]:
         return model
     namespace = {"model_config": ConfigDict(extra="forbid"), "__module__": model.__module__}
     return type(model.__name__, (model,), namespace)
+
+
+@functools.cache
+def _plain_names(model: type[BaseModel]) -> frozenset[str] | None:
+    """Return the field names of a model whose fields are set by name only, else None.
+
+    Any alias (or a setting that changes which names validate) returns None: then which keys
+    count as unknown is left to pydantic.
+    """
+    config = model.model_config
+    if any(config.get(option) for option in ("populate_by_name", "validate_by_name")):
+        return None
+    if config.get("alias_generator") is not None or config.get("validate_by_alias") is False:
+        return None
+    for field in model.model_fields.values():
+        if field.alias is not None or field.validation_alias is not None:
+            return None
+    return frozenset(model.model_fields)
 
 
 def _problem(error: Any, model: type[BaseModel], redact: bool) -> str:

@@ -100,7 +100,7 @@ def dag(
             description=description or (doc[0] if doc else None),
         )
         previous = _DAGS.get(label)
-        if previous is not None and previous.module != built.module:
+        if previous is not None and previous.module not in (built.module, "__main__"):
             log.warning(
                 "DAG %r from %s replaces the one from %s", label, built.module, previous.module
             )

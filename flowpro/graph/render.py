@@ -19,7 +19,7 @@ COLOURS = {
     "executing": "#ffe58f",
     "retryable": "#ffd591",
     "completed": "#b7eb8f",
-    "cancelled": "#d9d9d9",
+    "cancelled": "#efdbff",  # purple, as the CLI shows it: not the grey of suspended
     "discarded": "#ffa39e",
 }
 

@@ -704,6 +704,24 @@ class SqlStorage:
         """Claim one chunk: up to ``size`` available jobs of one worker and partition, from a
         partition that has ``size`` jobs or whose oldest is due since before ``ready_before``
         (None: any partition)."""
+        chunks = self.fetch_chunk_many(
+            queue, worker, size=size, ready_before=ready_before, node=node, now=now, count=1
+        )
+        return chunks[0] if chunks else []
+
+    def fetch_chunk_many(
+        self,
+        queue: str | None,
+        worker: str,
+        *,
+        size: int,
+        ready_before: datetime | None,
+        node: str,
+        now: datetime,
+        count: int,
+    ) -> list[list[Job]]:
+        """Claim up to ``count`` chunks (see ``fetch_chunk``) in one transaction: one
+        statement each, until none is ready."""
         scope = "state = 'available' AND worker = :worker" + (
             " AND queue = :queue" if queue is not None else ""
         )
@@ -743,10 +761,15 @@ class SqlStorage:
             "node": node,
         }
 
-        def run(c: Connection) -> list[Job]:
-            jobs = [self._job(row) for row in self._claim_rows(c, sql, params)]
-            jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))
-            return jobs
+        def run(c: Connection) -> list[list[Job]]:
+            chunks: list[list[Job]] = []
+            while len(chunks) < count:
+                jobs = [self._job(row) for row in self._claim_rows(c, sql, params)]
+                if not jobs:
+                    break
+                jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))
+                chunks.append(jobs)
+            return chunks
 
         return self._write(run, what="fetch_chunk")
 

@@ -103,6 +103,19 @@ class Storage(Protocol):
     ) -> list[Job]:
         """Claim one ready chunk of ``worker`` (one partition, at most ``size`` jobs)."""
 
+    def fetch_chunk_many(
+        self,
+        queue: str | None,
+        worker: str,
+        *,
+        size: int,
+        ready_before: datetime | None,
+        node: str,
+        now: datetime,
+        count: int,
+    ) -> list[list[Job]]:
+        """Claim up to ``count`` ready chunks of ``worker`` in one transaction."""
+
     def ack_jobs(self, acks: Sequence[Ack]) -> list[int]:
         """Write outcomes back, fenced by (id, attempt); return the ids that applied."""
 

@@ -46,29 +46,26 @@ ACK = (
     "WHERE j.id = v.id AND j.attempt = v.attempt AND (j.state = 'executing') IS TRUE "
     "RETURNING j.id, j.workflow_id, j.batch_id"
 )
-# The ack of completed workflow steps with their release, in one statement: the steps waiting
-# on the acked jobs lose one unmet dep per completed one and become available at zero. Only
-# acks that applied count (the `acked` CTE), so a fenced-out ack never releases anything.
-ACK_RELEASE = (
-    "WITH acked AS ("
-    + ACK.replace(
-        "RETURNING j.id, j.workflow_id, j.batch_id",
-        "RETURNING j.id, j.workflow_id, j.batch_id, j.state",
-    )
-    + "), "
+# Run right after ACK, in the same transaction (and round trip): steps waiting on workflow steps
+# this transaction just completed lose one unmet dep per completed one, and become available at
+# zero. A separate statement (not a CTE of the ack) reads the edges with a fresh snapshot, so
+# a step appended while its dep was being acked is seen. Only rows this transaction completed
+# count (their xmin is ours), so a fenced-out or repeated ack never releases anything twice.
+RELEASE = (
+    "WITH done AS (SELECT id FROM flowpro_jobs WHERE id = ANY(%(ids)s::bigint[]) "
+    "AND state = 'completed' AND workflow_id IS NOT NULL "
+    "AND xmin::text::bigint = txid_current() %% 4294967296), "
     "freed AS (UPDATE flowpro_jobs AS t SET deps_pending = t.deps_pending - c.n, "
     "state = CASE WHEN t.deps_pending - c.n > 0 THEN t.state "
     "WHEN t.scheduled_at > %(now)s THEN 'scheduled' ELSE 'available' END "
-    "FROM (SELECT d.job_id, count(*) AS n FROM flowpro_deps d JOIN acked a ON a.id = d.dep_id "
-    # The ANY() bound lets the planner probe the dep index with the (few) acked ids instead
-    # of scanning every edge for the join with the CTE.
-    "WHERE d.dep_id = ANY(%(ids)s::bigint[]) AND a.state = 'completed' "
-    "AND a.workflow_id IS NOT NULL GROUP BY d.job_id) AS c "
+    "FROM (SELECT d.job_id, count(*) AS n FROM flowpro_deps d "
+    # The ANY() bound lets the planner probe the dep index with the (few) acked ids.
+    "WHERE d.dep_id = ANY(%(ids)s::bigint[]) AND d.dep_id IN (SELECT id FROM done) "
+    "GROUP BY d.job_id) AS c "
     "WHERE t.id = c.job_id AND t.state = 'suspended' RETURNING t.state, t.queue), "
     f"told AS (SELECT q, pg_notify('{CHANNEL}', q) FROM "
     "(SELECT DISTINCT queue AS q FROM freed WHERE state = 'available') AS x) "
-    "SELECT id, workflow_id, batch_id, NULL FROM acked "
-    "UNION ALL SELECT NULL, NULL, NULL, q FROM told"
+    "SELECT q FROM told"
 )
 INSERT_MANY = (
     "INSERT INTO flowpro_jobs (id, state, queue, worker, args, meta, tags, errors, attempt, "
@@ -311,7 +308,7 @@ class PostgresStorage(SqlStorage):
         work per round. Acks of workflow steps and batch members have follow-ups in the same
         transaction, so they take the general path.
         """
-        if exclude or any(
+        if (exclude and demand > 0) or any(
             ack.batch or (ack.graph and ack.state in (JobState.CANCELLED, JobState.DISCARDED))
             for ack in acks
         ):
@@ -347,31 +344,33 @@ class PostgresStorage(SqlStorage):
     ) -> tuple[list[int], list[Job]]:
         graph = any(ack.graph for ack in acks)
         ack_cur = raw.cursor()
+        release_cur = raw.cursor()
         claim_cur = raw.cursor()
         try:
             with raw.pipeline():
                 if not self.synchronous_acks:
                     ack_cur.execute(ASYNC_COMMIT)
-                if acks and graph:
-                    ack_cur.execute(ACK_RELEASE, {**self._ack_params(acks), "now": now})
-                elif acks:
-                    ack_cur.execute(ACK, self._ack_params(acks))
+                if acks:
+                    params = self._ack_params(acks)
+                    ack_cur.execute(ACK, params)
+                    if graph:
+                        release_cur.execute(RELEASE, {"ids": params["ids"], "now": now})
                 if demand > 0:
                     claim_cur.execute(
                         CLAIM_QUEUE, {"now": now, "node": node, "demand": demand, "queue": queue}
                     )
                 # The commit travels in the same round trip; results are read once it is done.
                 raw.commit()
-            results = ack_cur.fetchall() if acks else []
-            applied = [row[0] for row in results if row[0] is not None]
-            if graph:  # only ACK_RELEASE returns a fourth column (the queues it woke)
-                released.extend(row[3] for row in results if row[3] is not None)
+            applied = [row[0] for row in ack_cur.fetchall()] if acks else []
+            if acks and graph:
+                released.extend(row[0] for row in release_cur.fetchall())
             rows = claim_cur.fetchall() if demand > 0 else []
         except BaseException:
             raw.rollback()
             raise
         finally:
             ack_cur.close()
+            release_cur.close()
             claim_cur.close()
         jobs = [self._job(row) for row in rows]
         jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))

@@ -85,10 +85,12 @@ Index(
     sqlite_where=text("state = 'executing'"),
 )
 Index("flowpro_jobs_state_queue_idx", jobs.c.state, jobs.c.queue, jobs.c.id)
+# Unique: a step name is taken once per workflow, also by two appends racing each other.
 Index(
     "flowpro_jobs_workflow_idx",
     jobs.c.workflow_id,
     jobs.c.step,
+    unique=True,
     postgresql_where=text("workflow_id IS NOT NULL"),
     sqlite_where=text("workflow_id IS NOT NULL"),
 )

@@ -30,11 +30,17 @@ _CLAIM = (
 )
 CLAIM_QUEUE = _CLAIM.format(queue="AND queue = :queue")
 CLAIM_ANY = _CLAIM.format(queue="")
-ACK = (
-    f"UPDATE flowpro_jobs SET {ACK_SET.format(v=':', t='', errors=':errors')} "
-    "WHERE id = :id AND attempt = :attempt AND state = 'executing' "
-    "RETURNING id, workflow_id, batch_id"
+# Acks in one statement: their values joined in (UPDATE ... FROM, SQLite 3.33+).
+ACK_MANY = (
+    "WITH v(id, attempt, state, at, scheduled_at, errors, max_attempts, recorded) AS "
+    "(VALUES {rows}) "
+    f"UPDATE flowpro_jobs SET {ACK_SET.format(v='v.', t='flowpro_jobs.', errors='v.errors')} "
+    "FROM v WHERE flowpro_jobs.id = v.id AND flowpro_jobs.attempt = v.attempt "
+    "AND flowpro_jobs.state = 'executing' "
+    "RETURNING flowpro_jobs.id, flowpro_jobs.workflow_id, flowpro_jobs.batch_id"
 )
+ACK_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
+ACKS_PER_STATEMENT = 500  # 8 parameters each, well under SQLite's limit of variables
 INSERT = (
     "INSERT INTO flowpro_jobs (id, state, queue, worker, args, meta, tags, errors, attempt, "
     "max_attempts, priority, inserted_at, scheduled_at, workflow_id, step, deps_pending, "
@@ -221,27 +227,38 @@ class SQLiteStorage(SqlStorage):
 
     def _ack(self, c: Connection, acks: Sequence[Ack]) -> list[tuple[int, str | None, str | None]]:
         applied = []
+        if len({ack.id for ack in acks}) != len(acks):
+            # The same job twice: one statement each, so the first ack wins (as it would
+            # have in its own transaction); UPDATE ... FROM would pick either.
+            for ack in acks:
+                applied += self._ack_rows(c, [ack])
+            return applied
+        for start in range(0, len(acks), ACKS_PER_STATEMENT):
+            applied += self._ack_rows(c, acks[start : start + ACKS_PER_STATEMENT])
+        return applied
+
+    def _ack_rows(
+        self, c: Connection, acks: Sequence[Ack]
+    ) -> list[tuple[int, str | None, str | None]]:
+        params: list[Any] = []
+        for ack in acks:
+            params += (
+                ack.id,
+                ack.attempt,
+                ack.state.value,
+                ts(ack.at),
+                ts(ack.scheduled_at),
+                None if ack.errors is None else json.dumps(ack.errors),
+                ack.max_attempts,
+                ack.recorded,
+            )
+        sql = ACK_MANY.format(rows=", ".join([ACK_ROW] * len(acks)))
         cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            for ack in acks:
-                row = cur.execute(
-                    ACK,
-                    {
-                        "id": ack.id,
-                        "attempt": ack.attempt,
-                        "state": ack.state.value,
-                        "at": ts(ack.at),
-                        "scheduled_at": ts(ack.scheduled_at),
-                        "errors": None if ack.errors is None else json.dumps(ack.errors),
-                        "max_attempts": ack.max_attempts,
-                        "recorded": ack.recorded,
-                    },
-                ).fetchone()
-                if row is not None:
-                    applied.append((row[0], row[1], row[2]))
+            rows = cur.execute(sql, params).fetchall()
         finally:
             cur.close()
-        return applied
+        return [(row[0], row[1], row[2]) for row in rows]
 
 
 class _Watcher(threading.Thread):

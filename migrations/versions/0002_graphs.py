@@ -31,6 +31,7 @@ def upgrade() -> None:
         "flowpro_jobs_workflow_idx",
         "flowpro_jobs",
         ["workflow_id", "step"],
+        unique=True,
         postgresql_where=sa.text("workflow_id IS NOT NULL"),
         sqlite_where=sa.text("workflow_id IS NOT NULL"),
     )
