@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import dataclasses
 import inspect
 import logging
 import threading
@@ -73,7 +72,7 @@ def prepare(job: Job, now: datetime) -> tuple[type[Worker] | None, Job | Ack]:
         return cls, fail(cls, None, job, exc, now)
     if args is job.args and cls.encrypted is None:
         return cls, job
-    return cls, dataclasses.replace(job, args=args, redacted=cls.encrypted is not None)
+    return cls, job.with_args(args, redacted=cls.encrypted is not None)
 
 
 def conclude(cls: type[Worker], worker: Worker, job: Job, result: Any, now: datetime) -> Ack:
