@@ -20,9 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import flowpro  # noqa: E402
-from bench_core import fresh_url  # noqa: E402
-from flowpro import Workflow  # noqa: E402
+from bench_core import fresh_url
+
+import flowpro
+from flowpro import Workflow
 
 JOIN_STARTED: dict[str, float] = {}
 

@@ -742,6 +742,11 @@ def modules_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 paths_argument = click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+tick_option = click.option(
+    "--tick", metavar="TIME",
+    help="The logical run time passed to the DAG (ISO 8601, UTC unless it has an offset); "
+    "default now.",
+)  # fmt: skip
 
 
 @cli.group()
@@ -787,7 +792,7 @@ def list_dags(
     table = Table(box=None, header_style="bold")
     for column in ("NAME", "SCHEDULE", "NEXT RUN (UTC)", "MODULE"):
         table.add_column(column, no_wrap=True)
-    table.add_column("DESCRIPTION", overflow="ellipsis", max_width=70)
+    table.add_column("DESCRIPTION", overflow="ellipsis", max_width=70, no_wrap=True)
     for d, when in found:
         table.add_row(
             escape(d.name),
@@ -811,6 +816,7 @@ def list_dags(
     "svg needs Graphviz's dot.",
 )  # fmt: skip
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), metavar="FILE")
+@tick_option
 def show_dag(
     name: str,
     paths: tuple[str, ...],
@@ -818,15 +824,17 @@ def show_dag(
     database_url: str | None,
     fmt: str | None,
     output: str | None,
+    tick: str | None,
 ) -> None:
     """Print (or write) the definition graph of DAG NAME.
 
-    The DAG function is called as for a manual trigger (with the current time as its tick);
-    nothing is inserted and the database is not opened.
+    The DAG function is called as for a manual trigger (with --tick, default now); nothing
+    is inserted and the database is not opened.
     """
     kind = _graph_format(fmt, output)
+    when = _parse_tick(tick)
     searched = _load_dags(paths, modules)
-    wf = _build(_find_dag(name, searched), utcnow())
+    wf = _build(_find_dag(name, searched), when)
     renderers = {"mermaid": wf.to_mermaid, "dot": wf.to_dot, "json": wf.to_json}
     _emit_graph(lambda f: renderers[f](), kind, output)
 
@@ -836,11 +844,7 @@ def show_dag(
 @paths_argument
 @modules_option
 @database_option
-@click.option(
-    "--tick", metavar="TIME",
-    help="The logical run time passed to the DAG (ISO 8601, UTC unless it has an offset); "
-    "default now.",
-)  # fmt: skip
+@tick_option
 @click.option("--json", "as_json", is_flag=True, help="Print the workflow id and job ids as JSON.")
 def trigger_dag(
     name: str,
@@ -1017,13 +1021,10 @@ def workflow_status(workflow_id: str, database_url: str | None, as_json: bool) -
     grid.add_row("steps", f"{status.total}" + (f" ({counts})" if counts else ""))
     grid.add_row("started", _time(status.started_at))
     grid.add_row("finished", _time(status.finished_at))
-    running = status.finished_at is None and duration is not None
-    grid.add_row(
-        "duration",
-        "-"
-        if duration is None
-        else f"{duration.total_seconds():.3f}s" + (" so far" if running else ""),
-    )
+    took = "-" if duration is None else f"{duration.total_seconds():.3f}s"
+    if duration is not None and status.finished_at is None:
+        took += " so far"
+    grid.add_row("duration", took)
     out.print(grid)
 
 

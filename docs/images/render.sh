@@ -14,12 +14,14 @@ cd "$work"
 export FLOWPRO_DATABASE_URL="sqlite:///$work/flowpro.db"
 unset FLOWPRO_DAGS
 
-# Definitions: SVG for the pages, Mermaid and DOT next to them.
-for spec in "regional_report:report.py" "customer_export:pii.py"; do
+# Definitions, built for a fixed tick (nightly_etl names its steps after the days before it):
+# SVG for the pages, Mermaid next to them.
+tick=2026-11-29T02:00:00Z
+for spec in "regional_report:report.py" "customer_export:pii.py" "nightly_etl:etl.py"; do
     name=${spec%%:*}
     file=$dags/${spec#*:}
-    flowpro dags show "$name" "$file" -o "$here/$name.svg"
-    flowpro dags show "$name" "$file" -o "$here/$name.mmd"
+    flowpro dags show "$name" "$file" --tick "$tick" -o "$here/$name.svg"
+    flowpro dags show "$name" "$file" --tick "$tick" -o "$here/$name.mmd"
 done
 
 workflow_id() { python -c 'import json, sys; print(json.load(sys.stdin)["workflow_id"])'; }

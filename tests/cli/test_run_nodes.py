@@ -129,6 +129,8 @@ def test_sigterm_starts_nothing_new_finishes_short_jobs_and_hands_back_a_long_on
 
     node.signal(signal.SIGTERM)
     signalled_at = time.monotonic()
+    # Jobs inserted while the signal is still on its way may start; wait until it was handled.
+    eventually(lambda: "SIGTERM: stopping" in node.stderr())
     after = fp.insert_all([workers.Record.new({"log": str(log.path)}) for _ in range(5)])
     code = node.wait(timeout=grace + 15)
     took = elapsed_since(signalled_at)
