@@ -149,7 +149,7 @@ def insert_plan(st: SqlStorage, c: Connection, plan: InsertPlan, now: datetime) 
                 job.worker,
                 job.stored_args(ids[i]),
                 job.meta_json,
-                json.dumps(job.tags),
+                json.dumps(job.tags) if job.tags else "[]",
                 job.max_attempts,
                 job.priority,
                 ts(now),

@@ -67,6 +67,12 @@ RELEASE = (
     "(SELECT DISTINCT queue AS q FROM freed WHERE state = 'available') AS x) "
     "SELECT q FROM told"
 )
+COPY_FROM = 64
+COPY_JOBS = (
+    "COPY flowpro_jobs (id, state, queue, worker, args, meta, tags, errors, attempt, "
+    "max_attempts, priority, inserted_at, scheduled_at, workflow_id, step, deps_pending, "
+    "batch_id, chunk_key) FROM STDIN"
+)
 INSERT_MANY = (
     "INSERT INTO flowpro_jobs (id, state, queue, worker, args, meta, tags, errors, attempt, "
     "max_attempts, priority, inserted_at, scheduled_at, workflow_id, step, deps_pending, "
@@ -211,8 +217,18 @@ class PostgresStorage(SqlStorage):
             cur.close()
 
     def _write_jobs(self, c: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-        columns = list(zip(*rows, strict=True))
         cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        if len(rows) >= COPY_FROM:
+            # COPY streams rows with the driver's C encoder: several times faster than binding
+            # arrays, whose elements are escaped one by one in Python.
+            try:
+                with cur.copy(COPY_JOBS) as copy:
+                    for row in rows:
+                        copy.write_row((*row[:7], "[]", 0, *row[7:]))
+            finally:
+                cur.close()
+            return
+        columns = list(zip(*rows, strict=True))
         try:
             cur.execute(
                 INSERT_MANY,
