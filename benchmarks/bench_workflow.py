@@ -110,10 +110,14 @@ def main() -> None:
             finally:
                 if drop:
                     drop()  # type: ignore[operator]
-        print(f"{backend}: 1->100->1 insert-to-join-start ms: median {statistics.median(lat):.1f}"
-              f", min {min(lat):.1f}, max {max(lat):.1f} ({len(lat)} rounds)")
-        print(f"{backend}: {args.width + 2} plain jobs {plain:.2f}s; 1->{args.width}->1 "
-              f"workflow {graph:.2f}s (insert + run); ratio {graph / plain:.2f}x")
+        print(
+            f"{backend}: 1->100->1 insert-to-join-start ms: median {statistics.median(lat):.1f}"
+            f", min {min(lat):.1f}, max {max(lat):.1f} ({len(lat)} rounds)"
+        )
+        print(
+            f"{backend}: {args.width + 2} plain jobs {plain:.2f}s; 1->{args.width}->1 "
+            f"workflow {graph:.2f}s (insert + run); ratio {graph / plain:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -292,17 +292,18 @@ class Discard:
 class ChunkResult:
     """Return from a ChunkWorker's ``process(jobs)`` to give some jobs other outcomes.
 
-    Each field is optional; listed jobs get that outcome and every unlisted job completes.
+    Each field is optional; listed jobs (``Job``s or ids) get that outcome and every unlisted
+    job completes.
     ``recorded`` maps a job id to the value recorded for that job (recorded workers).
 
     Example:
         >>> ChunkResult(error=("timeout", [jobs[3]]), recorded={jobs[0].id: 1})  # doctest: +SKIP
     """
 
-    error: tuple[str, Sequence[Job]] | None = None
-    cancel: tuple[str, Sequence[Job]] | None = None
-    discard: tuple[str, Sequence[Job]] | None = None
-    snooze: tuple[float, Sequence[Job]] | None = None
+    error: tuple[str, Sequence[Job | int]] | None = None
+    cancel: tuple[str, Sequence[Job | int]] | None = None
+    discard: tuple[str, Sequence[Job | int]] | None = None
+    snooze: tuple[float, Sequence[Job | int]] | None = None
     recorded: Mapping[int, Any] | None = None
 
 

@@ -70,7 +70,7 @@ class Publish(flowpro.Worker, queue="reports"):
 @flowpro.dag(schedule="0 6 1 * *")
 def regional_report(tick: Any = None) -> Workflow:
     """Monthly revenue per region, fanned out and merged."""
-    month = (tick.strftime("%Y-%m") if tick is not None else "2026-11")
+    month = tick.strftime("%Y-%m") if tick is not None else "2026-11"
     wf = Workflow(name="regional_report").add("plan", Plan.new({"month": month}))
     for region in REGIONS:
         wf.add(f"region:{region}", RegionTotals.new({"region": region}), deps=["plan"])
