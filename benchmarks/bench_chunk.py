@@ -23,9 +23,8 @@ import os
 import statistics
 import tempfile
 import time
-import uuid
-from collections.abc import Callable
-from urllib.parse import quote
+
+from _common import fresh_url
 
 import flowpro
 
@@ -51,23 +50,6 @@ def chunk_worker(size: int) -> type[flowpro.ChunkWorker]:
             call()
 
     return Chunked
-
-
-def fresh_url(backend: str, tmp: str) -> tuple[str, Callable[[], None] | None]:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp}/bench-{uuid.uuid4().hex[:6]}.db", None
-    import psycopg
-
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-
-    def drop() -> None:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-    sep = "&" if "?" in PG_URL else "?"
-    return f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}", drop
 
 
 def drain(fp: flowpro.FlowPro, worker: type[flowpro.Worker], jobs: int) -> float:

@@ -16,8 +16,8 @@ import statistics
 import tempfile
 import threading
 import time
-import uuid
-from urllib.parse import quote
+
+from _common import fresh_url
 
 import flowpro
 
@@ -34,23 +34,6 @@ class Noop(flowpro.Worker, queue="bench", name="bench.Noop"):
 class Ping(flowpro.Worker, queue="ping", name="bench.Ping"):
     def process(self, job: flowpro.Job) -> None:
         STARTS[job.args["n"]] = time.perf_counter()
-
-
-def fresh_url(backend: str, tmp: str) -> tuple[str, object]:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp}/bench-{uuid.uuid4().hex[:6]}.db", None
-    import psycopg
-
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-
-    def drop() -> None:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-    sep = "&" if "?" in PG_URL else "?"
-    return f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}", drop
 
 
 def bench(backend: str, jobs: int) -> dict[str, float]:

@@ -19,10 +19,9 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from typing import Any
-from urllib.parse import quote
 
+from _common import fresh_url
 from pydantic import BaseModel
 
 import flowpro
@@ -61,23 +60,6 @@ class ProNoop(
 
 
 WORKERS = {"plain": PlainNoop, "pro": ProNoop}
-
-
-def fresh_url(backend: str, tmp: str) -> tuple[str, Any]:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp}/bench-pro-{uuid.uuid4().hex[:6]}.db", None
-    import psycopg
-
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-
-    def drop() -> None:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-    sep = "&" if "?" in PG_URL else "?"
-    return f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}", drop
 
 
 def insert(fp: flowpro.FlowPro, kind: str, jobs: int) -> float:

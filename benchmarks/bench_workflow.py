@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_core import fresh_url
+from _common import fresh_url
 
 import flowpro
 from flowpro import Workflow
