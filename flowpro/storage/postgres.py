@@ -52,8 +52,11 @@ ACK = (
 # a step appended while its dep was being acked is seen. Only rows this transaction completed
 # count (their xmin is ours), so a fenced-out or repeated ack never releases anything twice.
 RELEASE = (
+    # `(...) IS TRUE` keeps the planner on the primary key: on fresh data its statistics make
+    # the state index look cheap, and scanning every completed (or suspended) row of a large
+    # workflow on each ack makes the run quadratic.
     "WITH done AS (SELECT id FROM flowpro_jobs WHERE id = ANY(%(ids)s::bigint[]) "
-    "AND state = 'completed' AND workflow_id IS NOT NULL "
+    "AND (state = 'completed') IS TRUE AND workflow_id IS NOT NULL "
     "AND xmin::text::bigint = txid_current() %% 4294967296), "
     "freed AS (UPDATE flowpro_jobs AS t SET deps_pending = t.deps_pending - c.n, "
     "state = CASE WHEN t.deps_pending - c.n > 0 THEN t.state "
@@ -62,7 +65,7 @@ RELEASE = (
     # The ANY() bound lets the planner probe the dep index with the (few) acked ids.
     "WHERE d.dep_id = ANY(%(ids)s::bigint[]) AND d.dep_id IN (SELECT id FROM done) "
     "GROUP BY d.job_id) AS c "
-    "WHERE t.id = c.job_id AND t.state = 'suspended' RETURNING t.state, t.queue), "
+    "WHERE t.id = c.job_id AND (t.state = 'suspended') IS TRUE RETURNING t.state, t.queue), "
     f"told AS (SELECT q, pg_notify('{CHANNEL}', q) FROM "
     "(SELECT DISTINCT queue AS q FROM freed WHERE state = 'available') AS x) "
     "SELECT q FROM told"
