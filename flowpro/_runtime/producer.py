@@ -131,8 +131,13 @@ class Producer:
                 for key in keys
                 for job in (self._running[key].chunk or [self._running[key].job])
             ]
-            ids += [job.id for job, _claimed in self._ready]
+            never_started = [job.id for job, _claimed in self._ready]
             self._ready.clear()
+        if never_started:
+            try:
+                self.storage.unclaim_jobs(self.node, never_started)
+            except Exception as exc:  # the lifeline rescues them
+                log.warning("queue %s: handing back prefetched jobs failed (%s)", self.queue, exc)
         self.executor.shutdown()
         return ids
 
@@ -241,7 +246,7 @@ class Producer:
                 )
         if stale:
             try:
-                self.storage.hand_back_jobs(self.node, [j.id for j in stale], now=self.clock())
+                self.storage.unclaim_jobs(self.node, [j.id for j in stale])
             except Exception as exc:  # the lifeline rescues them if this node dies
                 log.warning("queue %s: handing back prefetched jobs failed (%s)", self.queue, exc)
         with self._lock:
@@ -347,9 +352,9 @@ class Producer:
 
     def _poll(self) -> None:
         try:
-            # Only ever raise the flag here: a wake-up may have raised it meanwhile.
-            if self.storage.has_available(self.queue):
+            # Only ever raise the flags here: a wake-up may have raised them meanwhile.
+            self._chunk_wanted = self._chunk_wanted or bool(self.chunk_workers)
+            if self.storage.has_available(self.queue, self._exclude):
                 self._fetch_wanted = True
-                self._chunk_wanted = bool(self.chunk_workers)
         except Exception as exc:
             log.warning("queue %s: poll failed (%s)", self.queue, exc)

@@ -248,13 +248,21 @@ class SqlStorage:
         params = {"queues": list(queues), "now": self._ts(now)}
         return self._read(lambda c: int(c.execute(sql, params).scalar_one()), what="count_pending")
 
-    def has_available(self, queue: str) -> bool:
-        """Return whether the queue has an available job."""
+    def has_available(self, queue: str, exclude: Sequence[str] = ()) -> bool:
+        """Return whether the queue has an available job that a plain claim would take (not
+        the partitioned jobs of the ``exclude``d chunk workers)."""
+        skip = ""
+        params: dict[str, Any] = {"queue": queue}
+        binds: list[Any] = []
+        if exclude:
+            skip = " AND (worker NOT IN :exclude OR chunk_key IS NULL)"
+            params["exclude"] = list(exclude)
+            binds.append(bindparam("exclude", expanding=True))
         sql = text(
-            "SELECT 1 FROM flowpro_jobs WHERE state = 'available' AND queue = :queue LIMIT 1"
-        )
+            f"SELECT 1 FROM flowpro_jobs WHERE state = 'available' AND queue = :queue{skip} LIMIT 1"
+        ).bindparams(*binds)
         return self._read(
-            lambda c: c.execute(sql, {"queue": queue}).first() is not None, what="has_available"
+            lambda c: c.execute(sql, params).first() is not None, what="has_available"
         )
 
     # Graphs
@@ -431,6 +439,21 @@ class SqlStorage:
         queues = self._write(run, what="hand_back")
         if queues or released:
             self.notify(sorted({*queues, *released}))
+        return len(queues)
+
+    def unclaim_jobs(self, node: str, ids: Sequence[int]) -> int:
+        """Put back jobs a node claimed ahead but never started, as if never claimed: the
+        attempt is given back (no late ack can exist) and graphs count nothing."""
+        if not ids:
+            return 0
+        sql = text(
+            "UPDATE flowpro_jobs SET state = 'available', attempt = attempt - 1 "
+            "WHERE id IN :ids AND attempted_by = :node AND state = 'executing' RETURNING queue"
+        ).bindparams(bindparam("ids", expanding=True))
+        params = {"ids": list(ids), "node": node}
+        queues = self._write(lambda c: [row[0] for row in c.execute(sql, params)], what="unclaim")
+        if queues:
+            self.notify(sorted(set(queues)))
         return len(queues)
 
     def _follow_up(

@@ -134,7 +134,7 @@ class Storage(Protocol):
     def prune_nodes(self, *, before: datetime) -> int:
         """Forget nodes not seen since ``before``."""
 
-    def has_available(self, queue: str) -> bool:
+    def has_available(self, queue: str, exclude: Sequence[str] = ()) -> bool:
         """Return whether the queue has an available job (cheap, takes no write lock)."""
 
     def stage_jobs(self, *, now: datetime, limit: int = 5_000) -> list[str]:
@@ -145,6 +145,9 @@ class Storage(Protocol):
 
     def hand_back_jobs(self, node: str, ids: Sequence[int], *, now: datetime) -> int:
         """Return unfinished jobs of a node that is shutting down, without using an attempt."""
+
+    def unclaim_jobs(self, node: str, ids: Sequence[int]) -> int:
+        """Put back jobs claimed ahead but never started, giving their attempt back."""
 
     def prune_jobs(self, *, before: datetime, limit: int = 10_000) -> int:
         """Delete terminal jobs that finished before ``before``."""

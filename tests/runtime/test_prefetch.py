@@ -77,13 +77,14 @@ def test_a_job_claimed_ahead_that_waits_too_long_is_handed_back(fp, monkeypatch)
         )
         eventually(lambda: fp.get_job(blocker.id).state is JobState.EXECUTING)
         time.sleep(0.6)
-        # The single slot is busy: the job claimed ahead of it went back to the queue,
-        # without using up an attempt.
+        # The single slot is busy: the job claimed ahead of it went back to the queue as if
+        # never claimed (its attempt given back, so batch and retry counts are untouched).
         rows = [fp.get_job(j.id) for j in queued]
-        handed_back = [r for r in rows if r.attempt == 1]
+        handed_back = [r for r in rows if r.attempted_by is not None]
         assert len(handed_back) == 1
         assert handed_back[0].state is JobState.AVAILABLE
-        assert handed_back[0].max_attempts == Gated.max_attempts + 1
+        assert handed_back[0].attempt == 0
+        assert handed_back[0].max_attempts == Gated.max_attempts
         assert all(r.state is JobState.AVAILABLE for r in rows)
         GATE.set()
         eventually(lambda: all(fp.get_job(j.id).state is JobState.COMPLETED for j in queued))
