@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import logging
 import threading
@@ -25,7 +24,19 @@ def _tag(ack: Ack, job: Job) -> Ack:
     """Mark the ack of a workflow step or batch member: it has follow-ups when written."""
     if job.workflow_id is None and job.batch_id is None:
         return ack
-    return dataclasses.replace(ack, graph=True, batch=job.batch_id is not None)
+    # Positional construction: dataclasses.replace costs several times more per job.
+    return Ack(
+        ack.id,
+        ack.attempt,
+        ack.state,
+        ack.at,
+        ack.scheduled_at,
+        ack.errors,
+        ack.max_attempts,
+        ack.recorded,
+        True,
+        job.batch_id is not None,
+    )
 
 
 @dataclass(slots=True)
