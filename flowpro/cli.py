@@ -66,7 +66,8 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
-        self.exit_code = code
+        # Newer click declares exit_code a ClassVar; an instance attribute still overrides it.
+        vars(self)["exit_code"] = code
 
 
 # Shared options and helpers
