@@ -7,10 +7,9 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flowpro._runtime.context import current_storage
-from flowpro.errors import ConfigError, GraphError, RecordMissing
+from flowpro._runtime.context import require_storage
+from flowpro.errors import GraphError, RecordMissing
 from flowpro.job import InsertPlan, Job, NewJob, PlannedBatch, encode_json
-from flowpro.storage.base import Storage
 from flowpro.worker import Worker, resolve_worker
 
 KINDS = ("attempted", "completed", "exhausted", "cancelled", "discarded", "retryable")
@@ -133,7 +132,7 @@ class Batch:
 
     def insert(self, *, conn: Any = None) -> list[Job]:
         """Insert using the node running the current job (inside ``process``)."""
-        return _storage("Batch.insert").insert_plan(self.plan(), conn=conn)
+        return require_storage("Batch.insert").insert_plan(self.plan(), conn=conn)
 
     @staticmethod
     def all_jobs(job: Job) -> list[Job]:
@@ -142,7 +141,7 @@ class Batch:
         Example:
             >>> [m.state for m in Batch.all_jobs(job)]   # doctest: +SKIP
         """
-        return _storage("Batch.all_jobs").batch_jobs(_batch_id(job))
+        return require_storage("Batch.all_jobs").batch_jobs(_batch_id(job))
 
     @staticmethod
     def all_recorded(job: Job) -> dict[int, Any]:
@@ -154,7 +153,7 @@ class Batch:
             {101: {'sent': True}, 102: {'sent': True}}
         """
         out: dict[int, Any] = {}
-        for member in _storage("Batch.all_recorded").batch_jobs(_batch_id(job)):
+        for member in require_storage("Batch.all_recorded").batch_jobs(_batch_id(job)):
             cls = resolve_worker(member.worker)
             if cls.recorded is None or member.recorded is None:
                 continue
@@ -170,10 +169,3 @@ def _batch_id(job: Job) -> str:
     if not isinstance(batch_id, str):
         raise GraphError(f"job {job.id} belongs to no batch")
     return batch_id
-
-
-def _storage(what: str) -> Storage:
-    storage = current_storage.get()
-    if storage is None:
-        raise ConfigError(f"{what} works inside a running job; elsewhere use the FlowPro app")
-    return storage

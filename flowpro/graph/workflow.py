@@ -10,11 +10,10 @@ from typing import Any
 
 import networkx as nx
 
-from flowpro._runtime.context import current_storage
-from flowpro.errors import ConfigError, GraphError, RecordMissing
+from flowpro._runtime.context import require_storage
+from flowpro.errors import GraphError, RecordMissing
 from flowpro.graph import render
 from flowpro.job import InsertPlan, Job, NewJob, PlannedWorkflow, encode_json
-from flowpro.storage.base import Storage
 from flowpro.worker import resolve_worker
 
 MAX_NAME = 255
@@ -317,7 +316,7 @@ class Workflow:
         Raises:
             ConfigError: called outside a running job; use ``fp.insert(wf)`` there.
         """
-        return _storage("Workflow.insert").insert_plan(self.plan(), conn=conn)
+        return require_storage("Workflow.insert").insert_plan(self.plan(), conn=conn)
 
     @staticmethod
     def get_recorded(job: Job, name: str) -> Any:
@@ -330,7 +329,7 @@ class Workflow:
             >>> Workflow.get_recorded(job, "clean")   # doctest: +SKIP
             {'rows': 120}
         """
-        storage = _storage("Workflow.get_recorded")
+        storage = require_storage("Workflow.get_recorded")
         step = storage.find_step(_workflow_id(job), name)
         if step is None:
             raise RecordMissing(f"workflow {_workflow_id(job)!r} has no step {name!r}")
@@ -346,7 +345,7 @@ class Workflow:
             {'clean': {...}, 'stats': {...}}
         """
         out: dict[str, Any] = {}
-        for dep in _storage("Workflow.all_recorded").dependencies(job.id):
+        for dep in require_storage("Workflow.all_recorded").dependencies(job.id):
             try:
                 out[dep.step or str(dep.id)] = _recorded(dep)
             except RecordMissing:
@@ -361,7 +360,7 @@ class Workflow:
             >>> Workflow.get_context(job)["run_date"]   # doctest: +SKIP
             '2026-11-29'
         """
-        context = _storage("Workflow.get_context").workflow_context(_workflow_id(job))
+        context = require_storage("Workflow.get_context").workflow_context(_workflow_id(job))
         return context or {}
 
 
@@ -377,10 +376,3 @@ def _workflow_id(job: Job) -> str:
     if not isinstance(workflow_id, str):
         raise GraphError(f"job {job.id} is not a workflow step")
     return workflow_id
-
-
-def _storage(what: str) -> Storage:
-    storage = current_storage.get()
-    if storage is None:
-        raise ConfigError(f"{what} works inside a running job; elsewhere use the FlowPro app")
-    return storage
