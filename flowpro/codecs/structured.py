@@ -212,7 +212,7 @@ def _problem(error: Any, model: type[BaseModel], redact: bool) -> str:
     if kind == "missing" and len(loc) == 1:
         return f"missing required key {key!r}"
     where = f"key {key!r}" if key is not None else "args"
-    if kind == "recursion_loop":
+    if kind in ("recursion_loop", "recursion_depth_exceeded"):  # the latter: pydantic >= 2.14
         # pydantic's location would list every level: thousands of characters.
         return f"{where}: nested too deeply to validate"
     if len(loc) > 1:
