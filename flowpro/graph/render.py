@@ -101,6 +101,18 @@ def _reduce(edges: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return sorted(nx.transitive_reduction(g).edges())
 
 
+def _nesting(graph: FlatGraph) -> tuple[dict[str | None, list[str]], dict[str, list[Node]]]:
+    """Return each workflow's sub-workflows, and each workflow's nodes."""
+    children: dict[str | None, list[str]] = {}
+    for wid, (_name, parent) in graph.workflows.items():
+        if wid != graph.workflow_id:
+            children.setdefault(parent, []).append(wid)
+    by_workflow: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        by_workflow.setdefault(node.workflow_id, []).append(node)
+    return children, by_workflow
+
+
 # DOT
 
 
@@ -111,13 +123,7 @@ def to_dot(graph: FlatGraph) -> str:
         "  rankdir=LR;",
         '  node [shape=box, style="rounded,filled", fillcolor="#ffffff", fontname="Helvetica"];',
     ]
-    children: dict[str | None, list[str]] = {}
-    for wid, (_name, parent) in graph.workflows.items():
-        if wid != graph.workflow_id:
-            children.setdefault(parent, []).append(wid)
-    by_workflow: dict[str, list[Node]] = {}
-    for node in graph.nodes:
-        by_workflow.setdefault(node.workflow_id, []).append(node)
+    children, by_workflow = _nesting(graph)
 
     def emit(wid: str, indent: str) -> None:
         for node in by_workflow.get(wid, []):
@@ -162,13 +168,7 @@ def _safe(text: str) -> str:
 def to_mermaid(graph: FlatGraph) -> str:
     """Return a Mermaid flowchart; run states become classes with fill colours."""
     lines = ["flowchart LR"]
-    children: dict[str | None, list[str]] = {}
-    for wid, (_name, parent) in graph.workflows.items():
-        if wid != graph.workflow_id:
-            children.setdefault(parent, []).append(wid)
-    by_workflow: dict[str, list[Node]] = {}
-    for node in graph.nodes:
-        by_workflow.setdefault(node.workflow_id, []).append(node)
+    children, by_workflow = _nesting(graph)
 
     def emit(wid: str, indent: str) -> None:
         for node in by_workflow.get(wid, []):
