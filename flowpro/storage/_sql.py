@@ -407,17 +407,7 @@ class SqlStorage:
             "RETURNING id, state, queue, workflow_id, batch_id, attempt"
         )
         params = {"now": self._ts(now), "alive": self._ts(alive_since), "entry": entry}
-        released: list[str] = []
-
-        def run(c: Connection) -> list[str]:
-            rows = c.execute(sql, params).fetchall()
-            self._follow_up(c, rows, now, released)
-            return [row[2] for row in rows]
-
-        queues = self._write(run, what="rescue")
-        if queues or released:
-            self.notify(sorted({*queues, *released}))
-        return len(queues)
+        return self._move_out(sql, params, now, what="rescue")
 
     def hand_back_jobs(self, node: str, ids: Sequence[int], *, now: datetime) -> int:
         """Return a stopping node's unfinished jobs without using up an attempt."""
@@ -429,17 +419,7 @@ class SqlStorage:
             "RETURNING id, state, queue, workflow_id, batch_id, attempt"
         ).bindparams(bindparam("ids", expanding=True))
         params = {"ids": list(ids), "node": node}
-        released: list[str] = []
-
-        def run(c: Connection) -> list[str]:
-            rows = c.execute(sql, params).fetchall()
-            self._follow_up(c, rows, now, released)
-            return [row[2] for row in rows]
-
-        queues = self._write(run, what="hand_back")
-        if queues or released:
-            self.notify(sorted({*queues, *released}))
-        return len(queues)
+        return self._move_out(sql, params, now, what="hand_back")
 
     def unclaim_jobs(self, node: str, ids: Sequence[int]) -> int:
         """Put back jobs a node claimed ahead but never started, as if never claimed: the
@@ -454,6 +434,22 @@ class SqlStorage:
         queues = self._write(lambda c: [row[0] for row in c.execute(sql, params)], what="unclaim")
         if queues:
             self.notify(sorted(set(queues)))
+        return len(queues)
+
+    def _move_out(self, sql: Any, params: dict[str, Any], now: datetime, *, what: str) -> int:
+        """Run an UPDATE moving jobs out of ``executing`` (it returns id, state, queue,
+        workflow_id, batch_id, attempt), follow up their graphs, wake their queues; return
+        how many moved."""
+        released: list[str] = []
+
+        def run(c: Connection) -> list[str]:
+            rows = c.execute(sql, params).fetchall()
+            self._follow_up(c, rows, now, released)
+            return [row[2] for row in rows]
+
+        queues = self._write(run, what=what)
+        if queues or released:
+            self.notify(sorted({*queues, *released}))
         return len(queues)
 
     def _follow_up(
