@@ -618,21 +618,29 @@ def show_job(job_id: int, database_url: str | None, as_json: bool) -> None:
             out.print(escape(str(entry["traceback"]).rstrip()), highlight=False)
 
 
-@jobs.command("retry")
-@click.argument("job_id", type=int, metavar="ID")
-@database_option
-def retry_job(job_id: int, database_url: str | None) -> None:
-    """Make a finished, scheduled or retryable job available now."""
+def _change_job(
+    database_url: str | None, job_id: int, change: Callable[[FlowPro, int], Job | None]
+) -> tuple[Job, Job]:
+    """Read a job, apply ``change`` to it; return it before and after (exit 1 when missing)."""
     url = resolve_url(database_url)
     app = open_app(url)
     try:
         before = _get(app, url, job_id)
         with database_errors(url):
-            job = app.retry_job(job_id)
+            job = change(app, job_id)
     finally:
         app.close()
     if job is None:
         raise CliError(f"no job with id {job_id}", 1)
+    return before, job
+
+
+@jobs.command("retry")
+@click.argument("job_id", type=int, metavar="ID")
+@database_option
+def retry_job(job_id: int, database_url: str | None) -> None:
+    """Make a finished, scheduled or retryable job available now."""
+    before, job = _change_job(database_url, job_id, FlowPro.retry_job)
     if before.state is JobState.AVAILABLE:
         click.echo(f"job {job_id} is already available")
     elif job.state is JobState.AVAILABLE:
@@ -646,16 +654,7 @@ def retry_job(job_id: int, database_url: str | None) -> None:
 @database_option
 def cancel_job(job_id: int, database_url: str | None) -> None:
     """Cancel a job that has not finished (a running attempt's outcome is then ignored)."""
-    url = resolve_url(database_url)
-    app = open_app(url)
-    try:
-        before = _get(app, url, job_id)
-        with database_errors(url):
-            job = app.cancel_job(job_id)
-    finally:
-        app.close()
-    if job is None:
-        raise CliError(f"no job with id {job_id}", 1)
+    before, job = _change_job(database_url, job_id, FlowPro.cancel_job)
     if before.state is JobState.CANCELLED:
         click.echo(f"job {job_id} is already cancelled")
     elif job.state is JobState.CANCELLED:
