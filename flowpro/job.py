@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -10,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from flowpro._json import compact
 from flowpro.errors import ArgsError
 
 
@@ -343,9 +345,7 @@ def encode_json(value: Any, *, what: str = "args") -> str:
         '{"a":1}'
     """
     try:
-        text = json.dumps(
-            value, separators=(",", ":"), allow_nan=False, default=lambda v: _refuse(v, what)
-        )
+        text = compact(value, default=_refuser(what))
         # json.dumps turns int, float, bool and None keys into strings silently.
         _check_keys(value, what)
     except ArgsError:
@@ -400,6 +400,11 @@ def _check_keys(value: Any, what: str) -> None:
             stack.extend(
                 (child, depth + 1) for child in item if isinstance(child, dict | list | tuple)
             )
+
+
+@functools.lru_cache(maxsize=16)
+def _refuser(what: str) -> Callable[[Any], Any]:
+    return functools.partial(_refuse, what=what)
 
 
 def _refuse(value: Any, what: str = "args") -> Any:

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel
 
+from flowpro._json import loads
 from flowpro.codecs import encrypted as encrypted_codec
 from flowpro.codecs import recorded as recorded_codec
 from flowpro.codecs import structured as structured_codec
@@ -279,7 +280,7 @@ class Worker:
                 aad=encrypted_codec.job_aad(job.worker, "args", str(job.id)),
             )
             try:
-                args = json.loads(plain)
+                args = loads(plain)
             except ValueError:
                 raise DecryptError("decrypted args are not JSON") from None
         if cls.structured is not None:

@@ -20,6 +20,7 @@ import hashlib
 import importlib
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quote
@@ -45,6 +46,8 @@ OVERHEAD = _HEADER_SIZE + _NONCE_SIZE + _TAG_SIZE
 _KEY_ID_LABEL = b"flowpro/key-id/v1\x00"
 _SOURCE_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 _HINT = "generate one with `flowpro keygen`"
+# Nonces come from os.urandom in blocks of this many, one block per thread (see _nonce).
+_NONCES_PER_BLOCK = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,8 @@ def resolve_keys(source: KeySource | Keyring) -> Keyring:
     except Exception as exc:
         # The source's own message might quote a secret; name only the exception type.
         raise ConfigError(f"{what} raised {type(exc).__name__}; it must return a key") from None
+    if type(value) is str:  # the common case: one key
+        return _keyring((value,), what)
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list | tuple):
         raise ConfigError(
@@ -183,7 +188,7 @@ def seal(plaintext: bytes, keys: KeySource | Keyring, *, aad: bytes) -> bytes:
         raise TypeError(f"plaintext must be bytes, got {type(plaintext).__name__}")
     key = resolve_keys(keys).keys[0]
     header = _MAGIC + key.id
-    nonce = os.urandom(_NONCE_SIZE)
+    nonce = _nonce()
     return header + nonce + key.aead.encrypt(nonce, bytes(plaintext), header + aad)
 
 
@@ -248,9 +253,51 @@ def from_json(value: Any) -> bytes:
     if not is_sealed(value) or not isinstance(value[SEALED_KEY], str):
         raise DecryptError(f"expected encrypted data ({{{SEALED_KEY!r}: ...}}), found plain data")
     try:
-        return base64.b64decode(value[SEALED_KEY].encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
+        # Strict: only the Base64 alphabet, padding only at the end, nothing after it.
+        return binascii.a2b_base64(value[SEALED_KEY], strict_mode=True)
+    except (binascii.Error, ValueError):
         raise DecryptError("sealed data is corrupt: not valid Base64") from None
+
+
+# Nonces
+
+
+class _NonceBlock(threading.local):
+    """This thread's unused nonces: random bytes read from the OS a block at a time."""
+
+    data = b""
+    offset = 0
+    generation = -1
+
+
+_nonces = _NonceBlock()
+_generation = 0
+
+
+def _forked() -> None:
+    # A forked child must never hand out the parent's remaining nonces.
+    global _generation
+    _generation += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def _nonce() -> bytes:
+    """Return a fresh random 96-bit nonce.
+
+    The bytes come from ``os.urandom``, read ``_NONCES_PER_BLOCK`` nonces at a time per thread:
+    one system call (and one release of the GIL) per block rather than per encryption. Each
+    block is used by one thread only and once, and a forked child starts a new block.
+    """
+    block = _nonces
+    offset = block.offset
+    if offset >= len(block.data) or block.generation != _generation:
+        block.data = os.urandom(_NONCE_SIZE * _NONCES_PER_BLOCK)
+        block.generation = _generation
+        offset = 0
+    block.offset = offset + _NONCE_SIZE
+    return block.data[offset : offset + _NONCE_SIZE]
 
 
 # Keys

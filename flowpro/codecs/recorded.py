@@ -16,6 +16,7 @@ from typing import Any
 
 import zstandard
 
+from flowpro._json import compact
 from flowpro.errors import CodecError, ConfigError, RecordTooLarge
 
 DEFAULT_LIMIT = 32_000
@@ -24,6 +25,7 @@ MAX_DEPTH = 200
 _VERSION = b"\x01"
 _LEVEL = 3
 _local = threading.local()
+_CONTAINERS = (dict, list, tuple)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,7 @@ def pack(
         return None
     check_limit(limit)
     try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = compact(value, ascii_only=False)
         _check_shape(value)
     except (TypeError, ValueError, RecursionError, CodecError) as exc:
         # Walk the value only now, to name the first place that is not strict JSON.
@@ -229,6 +231,13 @@ def _check_shape(value: Any) -> None:
     """Raise CodecError where ``_check`` would, for values json.dumps accepted: non-str keys
     (json.dumps turns them into strings) and nesting past MAX_DEPTH. Containers only, no
     recursion, no paths: the cheap test on the way to every record."""
+    if type(value) is dict and all(type(key) is str for key in value):
+        # The usual record: a dict whose values are scalars needs no walk.
+        for child in value.values():
+            if type(child) in _CONTAINERS or isinstance(child, _CONTAINERS):
+                break
+        else:
+            return
     stack = [(value, 0)]
     while stack:
         item, depth = stack.pop()

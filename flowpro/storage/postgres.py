@@ -17,6 +17,7 @@ from sqlalchemy import Connection, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+from flowpro._json import loads
 from flowpro.errors import ConfigError, StorageError
 from flowpro.job import Ack, Job, JobState, NewJob
 from flowpro.storage._sql import ACK_SET, JOB_COLUMNS, RETRY_DELAYS, SqlStorage
@@ -149,7 +150,9 @@ class PostgresStorage(SqlStorage):
         sa_url = engine_url(url)
         # No pre-ping: it costs a round trip per transaction. A connection that died is
         # invalidated on its first error and the transaction is retried (see _is_transient).
-        engine = create_engine(sa_url, pool_size=pool_size, max_overflow=pool_size)
+        engine = create_engine(
+            sa_url, pool_size=pool_size, max_overflow=pool_size, json_deserializer=loads
+        )
         super().__init__(url, engine)
         self.synchronous_acks = synchronous_acks
         self._conninfo = sa_url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -399,8 +402,10 @@ class PostgresStorage(SqlStorage):
         raw = getattr(self._local, "conn", None)
         if raw is None or raw.closed:
             import psycopg
+            from psycopg.types.json import set_json_loads
 
             raw = psycopg.connect(self._conninfo)
+            set_json_loads(loads, raw)
             self._local.conn = raw
             with self._hot_lock:
                 self._hot.append(raw)

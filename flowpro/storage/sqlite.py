@@ -14,6 +14,7 @@ from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+from flowpro._json import loads
 from flowpro.errors import ConfigError
 from flowpro.job import Ack, Job, JobState
 from flowpro.storage._sql import ACK_SET, JOB_COLUMNS, SqlStorage
@@ -127,7 +128,7 @@ class SQLiteStorage(SqlStorage):
             return []
         if value == "{}":
             return {}
-        return json.loads(value) if isinstance(value, str | bytes) else value
+        return loads(value) if isinstance(value, str | bytes) else value
 
     def _json_append(self, column: str, name: str) -> str:
         return f"json_insert({column}, '$[#]', json(:{name}))"
