@@ -60,13 +60,17 @@ def _encoder_for(ascii_only: bool, default: Default | None) -> Callable[[Any], s
     )
     if quote is None:  # pragma: no cover
         return fallback.encode
-    # markers={} keeps the circular-reference check ("Circular reference detected").
-    encode = make({}, default or _raise_type_error, quote, None, ":", ",", False, False, False)
+    # No markers (they would be shared by every call, and by threads): a circular value
+    # recurses until RecursionError, and the standard encoder then names the problem.
+    encode = make(None, default or _raise_type_error, quote, None, ":", ",", False, False, False)
 
     def dumps(value: Any) -> str:
         if isinstance(value, str):
             return quote(value)  # type: ignore[no-any-return]
-        return "".join(encode(value, 0))
+        try:
+            return "".join(encode(value, 0))
+        except RecursionError:
+            return fallback.encode(value)  # "Circular reference detected", or RecursionError
 
     return dumps
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -9,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from flowpro._json import compact
 from flowpro.errors import ArgsError
@@ -48,6 +49,38 @@ def seconds(value: float | timedelta) -> float:
     return float(value)
 
 
+_T = TypeVar("_T")
+
+
+def _fast_init(cls: type[_T]) -> type[_T]:
+    """Give a frozen slots dataclass an ``__init__`` that sets each slot through its
+    descriptor: the same object, frozen as before, built in about half the time (the
+    generated frozen ``__init__`` goes through ``object.__setattr__`` per field). Jobs and
+    acks are built for every attempt, so this is on the hot path.
+    """
+    params: list[str] = []
+    body: list[str] = []
+    namespace: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.default_factory is not dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{f.name}: default_factory is not supported")
+        if f.default is dataclasses.MISSING:
+            params.append(f.name)
+        else:
+            namespace[f"_d_{f.name}"] = f.default
+            params.append(f"{f.name}=_d_{f.name}")
+        namespace[f"_s_{f.name}"] = cls.__dict__[f.name].__set__
+        body.append(f"    _s_{f.name}(self, {f.name})")
+    source = f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body) + "\n"
+    exec(source, namespace)  # noqa: S102 - generated from the class's own field names
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__doc__ = cls.__init__.__doc__
+    cls.__init__ = init  # type: ignore[method-assign]
+    return cls
+
+
+@_fast_init
 @dataclass(frozen=True, slots=True)
 class Job:
     """A saved job: one row of the jobs table.
@@ -309,6 +342,7 @@ class ChunkResult:
     recorded: Mapping[int, Any] | None = None
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True)
 class Ack:
     """The outcome of one attempt, written back fenced by ``(id, attempt)``.

@@ -201,9 +201,12 @@ def open_(envelope: bytes, keys: KeySource | Keyring, *, aad: bytes) -> bytes:
             with a key that is not configured, or bound to another job.
     """
     keyring = resolve_keys(keys)
-    if not isinstance(envelope, bytes | bytearray | memoryview):
+    if type(envelope) is bytes:
+        data = envelope
+    elif isinstance(envelope, bytearray | memoryview):
+        data = bytes(envelope)
+    else:
         raise DecryptError(f"sealed data must be bytes, got {type(envelope).__name__}")
-    data = bytes(envelope)
     if len(data) < OVERHEAD:
         raise DecryptError("sealed data is truncated: shorter than the envelope header and tag")
     if data[:2] != _MAGIC[:2]:
@@ -241,7 +244,9 @@ def to_json(envelope: bytes) -> dict[str, str]:
 
 def is_sealed(value: Any) -> bool:
     """Return whether ``value`` is the JSON-column form of an envelope."""
-    return isinstance(value, Mapping) and len(value) == 1 and SEALED_KEY in value
+    if type(value) is not dict and not isinstance(value, Mapping):
+        return False
+    return len(value) == 1 and SEALED_KEY in value
 
 
 def from_json(value: Any) -> bytes:

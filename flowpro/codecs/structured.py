@@ -144,7 +144,7 @@ def load(model: type[M], data: Any, *, redact: bool = False) -> M:
         >>> load(Args, {"a": [1, 2]}).a
         [1, 2]
     """
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise ArgsError(
             f"args for {_name(model)} must be a dict (a JSON object) or a {_name(model)} "
             f"instance, got {type(data).__name__}"

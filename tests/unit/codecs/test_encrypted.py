@@ -6,6 +6,7 @@ import base64
 import os
 import random
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,47 @@ def test_every_seal_uses_a_fresh_nonce():
 
     assert first != second
     assert first[11:23] != second[11:23]
+
+
+def test_nonces_never_repeat_across_threads_and_blocks():
+    seen: list[bytes] = []
+    lock = threading.Lock()
+
+    def draw() -> None:
+        mine = [encrypted._nonce() for _ in range(3 * encrypted._NONCES_PER_BLOCK)]
+        with lock:
+            seen.extend(mine)
+
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(seen) == 12 * encrypted._NONCES_PER_BLOCK
+    assert len(set(seen)) == len(seen)
+    assert {len(nonce) for nonce in seen} == {12}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_reuse_the_parents_buffered_nonces():
+    encrypted._nonce()  # the parent now holds a block with unused nonces
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        os.write(write, b"".join(encrypted._nonce() for _ in range(8)))
+        os._exit(0)
+    os.close(write)
+    child = b""
+    while chunk := os.read(read, 4096):
+        child += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = b"".join(encrypted._nonce() for _ in range(8))
+    assert len(child) == len(parent) == 96
+    child_nonces = {child[i : i + 12] for i in range(0, 96, 12)}
+    parent_nonces = {parent[i : i + 12] for i in range(0, 96, 12)}
+    assert not child_nonces & parent_nonces
 
 
 def test_a_module_function_string_is_resolved_on_every_call():
