@@ -162,14 +162,23 @@ def job_aad(worker_name: str, purpose: str, job_identity: str) -> bytes:
         >>> job_aad("app.Send", "args", "n-1")
         b'["flowpro/aad/v1","app.Send","args","n-1"]'
     """
+    if not isinstance(job_identity, str):
+        raise TypeError(
+            f"worker name and job identity must be str, got {type(job_identity).__name__}"
+        )
+    # Byte for byte json.dumps([...], separators=(",", ":")), at a fraction of its cost.
+    return _aad_prefix(worker_name, purpose) + _quote(job_identity).encode("ascii") + b"]"
+
+
+@functools.lru_cache(maxsize=256)
+def _aad_prefix(worker_name: str, purpose: str) -> bytes:
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
-    for part in (worker_name, job_identity):
-        if not isinstance(part, str):
-            raise TypeError(f"worker name and job identity must be str, got {type(part).__name__}")
-    # Byte for byte json.dumps([...], separators=(",", ":")), at a fraction of its cost.
-    text = f'["flowpro/aad/v1",{_quote(worker_name)},"{purpose}",{_quote(job_identity)}]'
-    return text.encode("ascii")
+    if not isinstance(worker_name, str):
+        raise TypeError(
+            f"worker name and job identity must be str, got {type(worker_name).__name__}"
+        )
+    return f'["flowpro/aad/v1",{_quote(worker_name)},"{purpose}",'.encode("ascii")
 
 
 def seal(plaintext: bytes, keys: KeySource | Keyring, *, aad: bytes) -> bytes:

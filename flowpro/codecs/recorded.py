@@ -108,7 +108,8 @@ def pack(
     """
     if value is None:
         return None
-    check_limit(limit)
+    if type(limit) is not int or limit <= 0:
+        check_limit(limit)
     try:
         text = compact(value, ascii_only=False)
         _check_shape(value)
