@@ -8,7 +8,7 @@ import inspect
 import logging
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 from flowpro._runtime.context import current_storage
 from flowpro.errors import ArgsError, CodecError, ConfigError, FlowproError, WorkerNotFound
 from flowpro.job import Ack, Cancel, Discard, Job, JobState, Snooze, error_entry, utcnow
-from flowpro.storage.base import Storage
+from flowpro.storage.base import ClaimedChunk, Storage
 from flowpro.worker import Worker, resolve_worker
 
 log = logging.getLogger("flowpro.executor")
@@ -350,17 +350,26 @@ class Executor:
         else:
             self._pool.submit(self._run_in_thread, job)
 
-    def submit_chunk(self, jobs: Sequence[Job], on_done: Callable[[list[Ack]], None]) -> None:
-        """Start one chunk (one slot); ``on_done(acks)`` gets an Ack per job."""
+    def submit_chunk(
+        self, chunk: ClaimedChunk, on_done: Callable[[list[Job] | None, list[Ack]], None]
+    ) -> None:
+        """Start one chunk (one slot): its rows become Jobs in the worker thread, then
+        ``on_done(jobs, acks)`` gets an Ack per job (``jobs`` None: the rows were unreadable)."""
         from flowpro._runtime.chunks import run_chunk
 
         def run() -> None:
+            try:
+                jobs = chunk.jobs()
+            except Exception:
+                log.exception("cannot read back the %d claimed jobs of a chunk", len(chunk.ids))
+                on_done(None, [])
+                return
             try:
                 acks = run_chunk(jobs, self._clock, self._storage)
             except BaseException as exc:
                 error = exc if isinstance(exc, Exception) else JobTimeout(type(exc).__name__)
                 acks = [fail(_worker_class(j), None, j, error, self._clock()) for j in jobs]
-            on_done(acks)
+            on_done(jobs, acks)
 
         self._pool.submit(run)
 

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from flowpro._runtime.executor import Executor, JobTimeout, fail
 from flowpro.errors import WorkerNotFound
 from flowpro.job import Ack, Job
-from flowpro.storage.base import Storage
+from flowpro.storage.base import ClaimedChunk, Storage
 from flowpro.worker import registered_workers, resolve_worker
 
 log = logging.getLogger("flowpro.producer")
@@ -41,10 +41,16 @@ def _tag(ack: Ack, job: Job) -> Ack:
 
 @dataclass(slots=True)
 class _Running:
-    job: Job
+    job: Job | None  # None for a chunk
     deadline: float | None  # time.monotonic() after which a sync attempt is timed out
-    chunk: list[Job] | None = None  # a chunk takes one slot for all its jobs
+    chunk: ClaimedChunk | None = None  # a chunk takes one slot for all its jobs
     started: float = 0.0
+
+    def ids(self) -> list[int]:
+        if self.chunk is not None:
+            return self.chunk.ids
+        assert self.job is not None  # noqa: S101 - a single attempt always has its job
+        return [self.job.id]
 
 
 # Prefetching: when attempts are this short on average, a producer also claims up to `limit`
@@ -137,11 +143,7 @@ class Producer:
         with self._lock:
             keys = [i for i in self._running if i not in self._abandoned]
             self._abandoned.update(keys)
-            ids = [
-                job.id
-                for key in keys
-                for job in (self._running[key].chunk or [self._running[key].job])
-            ]
+            ids = [job_id for key in keys for job_id in self._running[key].ids()]
             never_started = [job.id for job, _claimed in self._ready]
             self._ready.clear()
         if never_started:
@@ -168,14 +170,20 @@ class Producer:
             # Otherwise it was acked as timed out (or handed back): this result changes nothing.
         self._event.set()
 
-    def _done_chunk(self, jobs: list[Job], acks: list[Ack]) -> None:
+    def _done_chunk(self, key: int, jobs: list[Job] | None, acks: list[Ack]) -> None:
+        """Take a chunk's acks; ``jobs`` is None when its rows could not be read back."""
         with self._lock:
-            self._running.pop(jobs[0].id, None)
-            abandoned = jobs[0].id in self._abandoned
-            self._abandoned.discard(jobs[0].id)
-            if not abandoned:
+            entry = self._running.pop(key, None)
+            abandoned = key in self._abandoned
+            self._abandoned.discard(key)
+            if not abandoned and jobs is not None:
                 by_id = {j.id: j for j in jobs}
                 self._acks.extend(_tag(ack, by_id[ack.id]) for ack in acks)
+        if jobs is None and not abandoned and entry is not None and entry.chunk is not None:
+            try:
+                self.storage.unclaim_jobs(self.node, entry.chunk.ids)
+            except Exception as exc:  # the lifeline rescues them
+                log.warning("queue %s: handing back a chunk failed (%s)", self.queue, exc)
         self._chunk_wanted = True
         self._event.set()
 
@@ -196,10 +204,11 @@ class Producer:
                 now=now,
                 count=demand - taken,
             )
-            for jobs in chunks:
+            for chunk in chunks:
+                key = chunk.ids[0]
                 with self._lock:
-                    self._running[jobs[0].id] = _Running(jobs[0], None, jobs)
-                self.executor.submit_chunk(jobs, functools.partial(self._done_chunk, jobs))
+                    self._running[key] = _Running(None, None, chunk)
+                self.executor.submit_chunk(chunk, functools.partial(self._done_chunk, key))
             taken += len(chunks)
         if taken < demand:
             self._chunk_wanted = False
@@ -222,7 +231,7 @@ class Producer:
             for job_id, running in self._running.items():
                 if running.deadline is None or job_id in self._abandoned:
                     continue
-                if running.deadline <= now:
+                if running.deadline <= now and running.job is not None:
                     cls = resolve_worker(running.job.worker)
                     exc = JobTimeout(f"attempt timed out after {cls.timeout:g}s")
                     ack = fail(cls, cls(), running.job, exc, self.clock())

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from flowpro.errors import StorageError
 from flowpro.job import Ack, InsertPlan, Job, JobState, NewJob
 from flowpro.storage import _graph as graph
-from flowpro.storage.base import Wakeup
+from flowpro.storage.base import ClaimedChunk, Wakeup
 
 log = logging.getLogger("flowpro.storage")
 
@@ -49,6 +49,37 @@ ACK_SET = """
 """
 
 RETRY_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 2.0, 2.0)
+
+# Acks of this many plain completions sharing one time (a chunk's) are written by a statement
+# that takes only (id, attempt) per job; fewer take the general statement.
+GROUP_COMPLETIONS_FROM = 8
+
+
+def split_completions(acks: Sequence[Ack]) -> tuple[dict[datetime, list[Ack]], list[Ack]]:
+    """Return the acks that are plain completions (nothing but ``completed`` at a time: no
+    errors, record, schedule or attempt change), grouped by time where at least
+    ``GROUP_COMPLETIONS_FROM`` share one, and the rest in order.
+
+    Example:
+        >>> groups, rest = split_completions([])
+        >>> groups, rest
+        ({}, [])
+    """
+    groups: dict[datetime, list[Ack]] = {}
+    for ack in acks:
+        if (
+            ack.state is JobState.COMPLETED
+            and ack.errors is None
+            and ack.recorded is None
+            and ack.scheduled_at is None
+            and ack.max_attempts is None
+        ):
+            groups.setdefault(ack.at, []).append(ack)
+    big = {at: group for at, group in groups.items() if len(group) >= GROUP_COMPLETIONS_FROM}
+    if not big:
+        return {}, list(acks)
+    grouped = {id(ack) for group in big.values() for ack in group}
+    return big, [ack for ack in acks if id(ack) not in grouped]
 
 
 class SqlStorage:
@@ -726,7 +757,7 @@ class SqlStorage:
         chunks = self.fetch_chunk_many(
             queue, worker, size=size, ready_before=ready_before, node=node, now=now, count=1
         )
-        return chunks[0] if chunks else []
+        return chunks[0].jobs() if chunks else []
 
     def fetch_chunk_many(
         self,
@@ -738,9 +769,37 @@ class SqlStorage:
         node: str,
         now: datetime,
         count: int,
-    ) -> list[list[Job]]:
+    ) -> list[ClaimedChunk]:
         """Claim up to ``count`` chunks (see ``fetch_chunk``) in one transaction: one
-        statement each, until none is ready."""
+        statement each, until none is ready. Rows become Jobs when the chunk is run."""
+        sql, params = self._chunk_claim(queue, worker, size, ready_before, node, now)
+
+        def run(c: Connection) -> list[ClaimedChunk]:
+            chunks: list[ClaimedChunk] = []
+            while len(chunks) < count:
+                rows = self._claim_rows(c, sql, params)
+                if not rows:
+                    break
+                chunks.append(ClaimedChunk(rows, self._chunk_jobs))
+            return chunks
+
+        return self._write(run, what="fetch_chunk")
+
+    def _chunk_jobs(self, rows: Sequence[Sequence[Any]]) -> list[Job]:
+        jobs = [self._job(row) for row in rows]
+        jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))
+        return jobs
+
+    def _chunk_claim(
+        self,
+        queue: str | None,
+        worker: str,
+        size: int,
+        ready_before: datetime | None,
+        node: str,
+        now: datetime,
+    ) -> tuple[str, dict[str, Any]]:
+        """Return the statement (``:name`` parameters) that claims one ready chunk."""
         scope = "state = 'available' AND worker = :worker" + (
             " AND queue = :queue" if queue is not None else ""
         )
@@ -779,18 +838,7 @@ class SqlStorage:
             "now": self._ts(now),
             "node": node,
         }
-
-        def run(c: Connection) -> list[list[Job]]:
-            chunks: list[list[Job]] = []
-            while len(chunks) < count:
-                jobs = [self._job(row) for row in self._claim_rows(c, sql, params)]
-                if not jobs:
-                    break
-                jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))
-                chunks.append(jobs)
-            return chunks
-
-        return self._write(run, what="fetch_chunk")
+        return sql, params
 
     def ack_jobs(self, acks: Sequence[Ack]) -> list[int]:
         """Write outcomes back, fenced by (id, attempt); return the ids that applied.

@@ -11,6 +11,34 @@ from flowpro.job import Ack, InsertPlan, Job, JobState, NewJob
 Wakeup = Callable[[str], None]
 
 
+class ClaimedChunk:
+    """A claimed chunk whose rows become Jobs only when ``jobs()`` is first called.
+
+    A producer claims chunks and hands them to executor threads; decoding a hundred rows
+    there rather than in the producer keeps the producer's claim-and-ack loop short.
+
+    Example:
+        >>> chunk = ClaimedChunk([(3,), (2,)], lambda rows: [row[0] for row in rows])
+        >>> chunk.ids, chunk.jobs()
+        ([3, 2], [3, 2])
+    """
+
+    __slots__ = ("_decode", "_jobs", "_rows", "ids")
+
+    def __init__(self, rows: Sequence[Any], decode: Callable[[Sequence[Any]], list[Any]]) -> None:
+        self.ids: list[int] = [row[0] for row in rows]
+        self._rows = rows
+        self._decode = decode
+        self._jobs: list[Job] | None = None
+
+    def jobs(self) -> list[Job]:
+        """Return the chunk's jobs, in claim order (priority, scheduled time, id)."""
+        if self._jobs is None:
+            self._jobs = self._decode(self._rows)
+            self._rows = ()
+        return self._jobs
+
+
 class Storage(Protocol):
     """Everything flowpro needs from a database. Domain objects in and out, never rows."""
 
@@ -113,7 +141,7 @@ class Storage(Protocol):
         node: str,
         now: datetime,
         count: int,
-    ) -> list[list[Job]]:
+    ) -> list[ClaimedChunk]:
         """Claim up to ``count`` ready chunks of ``worker`` in one transaction."""
 
     def ack_jobs(self, acks: Sequence[Ack]) -> list[int]:

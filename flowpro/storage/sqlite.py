@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from flowpro._json import loads
 from flowpro.errors import ConfigError
 from flowpro.job import Ack, Job, JobState
-from flowpro.storage._sql import ACK_SET, JOB_COLUMNS, SqlStorage
+from flowpro.storage._sql import ACK_SET, JOB_COLUMNS, SqlStorage, split_completions
 
 BUSY_TIMEOUT_MS = 30_000
 SYNC_MODES = {"off", "normal", "full", "extra"}
@@ -41,7 +41,14 @@ ACK_MANY = (
     "RETURNING flowpro_jobs.id, flowpro_jobs.workflow_id, flowpro_jobs.batch_id"
 )
 ACK_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
+# Plain completions sharing one time (a chunk's): two parameters a job.
+COMPLETE_MANY = (
+    "UPDATE flowpro_jobs SET state = 'completed', completed_at = ? "
+    "WHERE state = 'executing' AND (id, attempt) IN (VALUES {rows}) "
+    "RETURNING id, workflow_id, batch_id"
+)
 ACKS_PER_STATEMENT = 500  # 8 parameters each, well under SQLite's limit of variables
+COMPLETIONS_PER_STATEMENT = 2_000  # 2 parameters each
 INSERT = (
     "INSERT INTO flowpro_jobs (id, state, queue, worker, args, meta, tags, errors, attempt, "
     "max_attempts, priority, inserted_at, scheduled_at, workflow_id, step, deps_pending, "
@@ -61,7 +68,9 @@ def ts(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is not None and value.utcoffset():
         value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    # Fixed width ("microseconds" keeps a zero fraction); the first 26 characters leave out
+    # the offset of an aware value. Twice as fast as strftime.
+    return value.isoformat(" ", "microseconds")[:26]
 
 
 class SQLiteStorage(SqlStorage):
@@ -119,7 +128,13 @@ class SQLiteStorage(SqlStorage):
     def _dt(self, value: Any) -> datetime | None:
         if value is None:
             return None
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        try:
+            # Stored by ts(): UTC without an offset. Parsing it with one is ten times cheaper
+            # than parsing and then replacing tzinfo.
+            return datetime.fromisoformat(value + "+00:00")
+        except (TypeError, ValueError):
+            parsed = datetime.fromisoformat(value)
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
     def _json_out(self, value: Any) -> Any:
         # Most tags, errors and meta are empty: skip the parser for them (claims decode
@@ -234,9 +249,29 @@ class SQLiteStorage(SqlStorage):
             for ack in acks:
                 applied += self._ack_rows(c, [ack])
             return applied
-        for start in range(0, len(acks), ACKS_PER_STATEMENT):
-            applied += self._ack_rows(c, acks[start : start + ACKS_PER_STATEMENT])
+        groups, rest = split_completions(acks)
+        for at, group in groups.items():
+            for start in range(0, len(group), COMPLETIONS_PER_STATEMENT):
+                applied += self._complete_rows(
+                    c, at, group[start : start + COMPLETIONS_PER_STATEMENT]
+                )
+        for start in range(0, len(rest), ACKS_PER_STATEMENT):
+            applied += self._ack_rows(c, rest[start : start + ACKS_PER_STATEMENT])
         return applied
+
+    def _complete_rows(
+        self, c: Connection, at: datetime, acks: Sequence[Ack]
+    ) -> list[tuple[int, str | None, str | None]]:
+        params: list[Any] = [ts(at)]
+        for ack in acks:
+            params += (ack.id, ack.attempt)
+        sql = COMPLETE_MANY.format(rows=", ".join(["(?, ?)"] * len(acks)))
+        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            rows = cur.execute(sql, params).fetchall()
+        finally:
+            cur.close()
+        return [(row[0], row[1], row[2]) for row in rows]
 
     def _ack_rows(
         self, c: Connection, acks: Sequence[Ack]
