@@ -20,7 +20,13 @@ from sqlalchemy.exc import DBAPIError
 from flowpro._json import loads
 from flowpro.errors import ConfigError, StorageError
 from flowpro.job import Ack, Job, JobState, NewJob
-from flowpro.storage._sql import ACK_SET, JOB_COLUMNS, RETRY_DELAYS, SqlStorage
+from flowpro.storage._sql import (
+    ACK_SET,
+    JOB_COLUMNS,
+    RETRY_DELAYS,
+    SqlStorage,
+    split_completions,
+)
 from flowpro.storage.base import ClaimedChunk
 
 log = logging.getLogger("flowpro.storage")
@@ -47,6 +53,13 @@ ACK = (
     "%(ats)b::timestamptz[], %(scheduled)b::timestamptz[], %(errors)b::text[], "
     "%(maxes)b::int[], %(recorded)b::bytea[]) "
     "AS v(id, attempt, state, at, scheduled_at, errors, max_attempts, recorded) "
+    "WHERE j.id = v.id AND j.attempt = v.attempt AND (j.state = 'executing') IS TRUE "
+    "RETURNING j.id, j.workflow_id, j.batch_id"
+)
+# Plain completions sharing one time (a chunk's): only (id, attempt) per job.
+COMPLETE = (
+    "UPDATE flowpro_jobs AS j SET state = 'completed', completed_at = %(at)s "
+    "FROM unnest(%(ids)b::bigint[], %(attempts)b::int[]) AS v(id, attempt) "
     "WHERE j.id = v.id AND j.attempt = v.attempt AND (j.state = 'executing') IS TRUE "
     "RETURNING j.id, j.workflow_id, j.batch_id"
 )
@@ -368,33 +381,34 @@ class PostgresStorage(SqlStorage):
         released: list[str],
     ) -> tuple[list[int], list[Job]]:
         graph = any(ack.graph for ack in acks)
-        ack_cur = raw.cursor()
+        statements = self._ack_statements(acks)
+        ack_curs = [raw.cursor() for _ in statements]
         release_cur = raw.cursor()
         claim_cur = raw.cursor()
         try:
             with raw.pipeline():
                 if not self.synchronous_acks:
-                    ack_cur.execute(ASYNC_COMMIT)
-                if acks:
-                    params = self._ack_params(acks)
-                    ack_cur.execute(ACK, params)
-                    if graph:
-                        release_cur.execute(RELEASE, {"ids": params["ids"], "now": now})
+                    release_cur.execute(ASYNC_COMMIT)
+                for cur, (sql, params) in zip(ack_curs, statements, strict=True):
+                    cur.execute(sql, params)
+                if graph:
+                    release_cur.execute(RELEASE, {"ids": [a.id for a in acks], "now": now})
                 if demand > 0:
                     claim_cur.execute(
                         CLAIM_QUEUE, {"now": now, "node": node, "demand": demand, "queue": queue}
                     )
                 # The commit travels in the same round trip; results are read once it is done.
                 raw.commit()
-            applied = [row[0] for row in ack_cur.fetchall()] if acks else []
-            if acks and graph:
+            applied = [row[0] for cur in ack_curs for row in cur.fetchall()]
+            if graph:
                 released.extend(row[0] for row in release_cur.fetchall())
             rows = claim_cur.fetchall() if demand > 0 else []
         except BaseException:
             raw.rollback()
             raise
         finally:
-            ack_cur.close()
+            for cur in ack_curs:
+                cur.close()
             release_cur.close()
             claim_cur.close()
         jobs = [self._job(row) for row in rows]
@@ -415,7 +429,8 @@ class PostgresStorage(SqlStorage):
         """Claim up to ``count`` chunks in one transaction, one statement each, on the calling
         thread's own connection: the first statement alone, and when it found a chunk, the
         other ``count - 1`` in one pipelined round trip with the commit (each sees the rows
-        the ones before it claimed, so no job is in two chunks)."""
+        the ones before it claimed, so no job is in two chunks). Chunks are handed out only
+        once committed, so acks are written apart, while the chunks run."""
         sql, params = self._chunk_claim(queue, worker, size, ready_before, node, now)
         sql = _pyformat(sql)
         for delay in (*RETRY_DELAYS, None):
@@ -489,7 +504,23 @@ class PostgresStorage(SqlStorage):
             raw.close()
 
     def _ack(self, c: Connection, acks: Sequence[Ack]) -> list[tuple[int, str | None, str | None]]:
-        return [(r[0], r[1], r[2]) for r in self._pipelined(c, ACK, self._ack_params(acks))]
+        return [
+            (r[0], r[1], r[2])
+            for sql, params in self._ack_statements(acks)
+            for r in self._pipelined(c, sql, params)
+        ]
+
+    def _ack_statements(self, acks: Sequence[Ack]) -> list[tuple[str, dict[str, Any]]]:
+        """Return the statements writing ``acks``: one per group of plain completions that
+        share a time (a chunk's), one for the rest."""
+        groups, rest = split_completions(acks)
+        statements: list[tuple[str, dict[str, Any]]] = [
+            (COMPLETE, {"at": at, "ids": [a.id for a in g], "attempts": [a.attempt for a in g]})
+            for at, g in groups.items()
+        ]
+        if rest:
+            statements.append((ACK, self._ack_params(rest)))
+        return statements
 
     def _pipelined(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
         """Run one statement, with BEGIN (and the async-commit setting) in the same round trip."""
