@@ -449,8 +449,8 @@ class PostgresStorage(SqlStorage):
     def _chunk_rounds(
         self, raw: Any, sql: str, params: dict[str, Any], count: int
     ) -> list[list[Any]]:
-        first = raw.cursor()
-        rest = [raw.cursor() for _ in range(count - 1)]
+        first = raw.cursor(binary=True)
+        rest = [raw.cursor(binary=True) for _ in range(count - 1)]
         try:
             with raw.pipeline():
                 if not self.synchronous_acks:
