@@ -5,7 +5,9 @@ Each round inserts ``--jobs`` plain and ``--jobs`` Pro jobs (bulk), then drains 
 one node at concurrency 10 (``fp.run(queues=..., until_idle=True)``); the order of the two
 queues alternates between rounds. Prints jobs/s for each, and pro/plain (target >= 0.7).
 
-    python benchmarks/bench_pro.py [--backends sqlite,postgres] [--jobs 5000] [--rounds 2]
+    python benchmarks/bench_pro.py [--backends sqlite,postgres] [--jobs 8000] [--rounds 5]
+
+Five rounds by default: on a shared machine single rounds of this ratio spread by +-0.1.
     python benchmarks/bench_pro.py --profile pro --backends sqlite   # cProfile one drain
 """
 
@@ -142,8 +144,8 @@ def profile(backend: str, kind: str, jobs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backends", default="sqlite,postgres")
-    parser.add_argument("--jobs", type=int, default=5_000)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=8_000)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", choices=["plain", "pro"], default=None)
     args = parser.parse_args()
     if args.profile:

@@ -61,6 +61,7 @@ class EncryptedSpec:
 class _Key:
     id: bytes
     aead: AESGCM
+    header: bytes  # the envelope header of data sealed with this key: magic, version, id
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +194,14 @@ def seal(plaintext: bytes, keys: KeySource | Keyring, *, aad: bytes) -> bytes:
         >>> open_(box, lambda: key, aad=b"job-1")
         b'secret'
     """
-    if not isinstance(plaintext, bytes | bytearray | memoryview):
-        raise TypeError(f"plaintext must be bytes, got {type(plaintext).__name__}")
+    if type(plaintext) is not bytes:
+        if not isinstance(plaintext, bytes | bytearray | memoryview):
+            raise TypeError(f"plaintext must be bytes, got {type(plaintext).__name__}")
+        plaintext = bytes(plaintext)
     key = resolve_keys(keys).keys[0]
-    header = _MAGIC + key.id
+    header = key.header
     nonce = _nonce()
-    return header + nonce + key.aead.encrypt(nonce, bytes(plaintext), header + aad)
+    return b"".join((header, nonce, key.aead.encrypt(nonce, plaintext, header + aad)))
 
 
 def open_(envelope: bytes, keys: KeySource | Keyring, *, aad: bytes) -> bytes:
@@ -394,7 +397,8 @@ def _build_keyring(items: Sequence[Any], what: str) -> Keyring:
 @functools.lru_cache(maxsize=64)
 def _key(raw: bytes) -> _Key:
     # Cached so a source resolved on every call does not rebuild the cipher each time.
-    return _Key(id=_key_id(raw), aead=AESGCM(raw))
+    key_id = _key_id(raw)
+    return _Key(id=key_id, aead=AESGCM(raw), header=_MAGIC + key_id)
 
 
 def _key_id(raw: bytes) -> bytes:
