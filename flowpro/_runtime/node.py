@@ -175,6 +175,38 @@ class Node:
 
     # Periodic work
 
+    def hand_back_orphans(self) -> int:
+        """Hand back jobs ``executing`` under this node that no producer of it holds; return
+        how many.
+
+        A claim whose commit succeeded while its connection failed (the producer saw an error
+        and never got the rows) leaves such jobs behind, and no other node rescues them while
+        this one beats. Only jobs claimed ``rescue_after`` seconds ago and before any database
+        call still in flight are considered; they never started, so their attempt is given
+        back (``unclaim_jobs``).
+
+        Example:
+            >>> fp.node.hand_back_orphans()   # doctest: +SKIP
+            0
+        """
+        cutoff = self.clock() - timedelta(seconds=self.config.rescue_after)
+        claimed = self.storage.executing_ids(self.name, attempted_before=cutoff)
+        if not claimed:
+            return 0
+        held: set[int] = set()
+        for producer in self.producers:
+            ids, calling_since = producer.held()
+            held |= ids
+            if calling_since is not None and calling_since <= cutoff:
+                return 0  # a call older than the cutoff is in flight: look again next time
+        orphans = [job_id for job_id in claimed if job_id not in held]
+        if not orphans:
+            return 0
+        handed = self.storage.unclaim_jobs(self.name, orphans)
+        if handed:
+            log.warning("handed back %d job(s) claimed by this node but never started", handed)
+        return handed
+
     def _maintain(self) -> None:
         cfg = self.config
         last: dict[str, float] = {}
@@ -192,6 +224,8 @@ class Node:
                 if due("beat", cfg.heartbeat_interval):
                     self.lifeline.beat(self.clock())
                     self.leader.tick(self.clock())
+                if due("orphans", cfg.rescue_interval):
+                    self.hand_back_orphans()
                 if not self.leader.is_leader:
                     continue
                 if due("stage", cfg.stage_interval):

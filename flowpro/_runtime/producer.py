@@ -94,6 +94,10 @@ class Producer:
         self._ready: collections.deque[tuple[Job, float]] = collections.deque()
         self._duration: float | None = None  # moving average of attempt durations
         self._acks: list[Ack] = []
+        # Acks being written now, and the claim time of a database call in flight: the node's
+        # orphan check must not take these jobs for lost ones.
+        self._writing: set[int] = set()
+        self._calling_since: datetime | None = None
         self._abandoned: set[int] = set()
         self._fetch_wanted = True
         self._poll_now = False
@@ -129,6 +133,17 @@ class Producer:
         """Claim nothing more; running attempts go on and are acked."""
         self._stopping = True
         self._event.set()
+
+    def held(self) -> tuple[set[int], datetime | None]:
+        """Return the ids of every job this producer knows to be executing under its node
+        (running, prefetched, or with an ack not yet written), and the claim time of a
+        database call in flight (jobs it claims are not known yet), if any."""
+        with self._lock:
+            ids = {job_id for running in self._running.values() for job_id in running.ids()}
+            ids.update(job.id for job, _claimed in self._ready)
+            ids.update(ack.id for ack in self._acks)
+            ids.update(self._writing)
+            return ids, self._calling_since
 
     def busy(self) -> bool:
         """Return whether attempts are running or acks are waiting to be written."""
@@ -194,20 +209,27 @@ class Producer:
             if taken >= demand:
                 break
             now = self.clock()
-            # Every free slot at once: one transaction, one statement per chunk.
-            chunks = self.storage.fetch_chunk_many(
-                self.queue,
-                cls.__flowpro_name__,
-                size=cls.chunk_size,
-                ready_before=now - timedelta(seconds=cls.chunk_timeout),
-                node=self.node,
-                now=now,
-                count=demand - taken,
-            )
+            with self._lock:
+                self._calling_since = now
+            try:
+                # Every free slot at once: one transaction, one statement per chunk.
+                chunks = self.storage.fetch_chunk_many(
+                    self.queue,
+                    cls.__flowpro_name__,
+                    size=cls.chunk_size,
+                    ready_before=now - timedelta(seconds=cls.chunk_timeout),
+                    node=self.node,
+                    now=now,
+                    count=demand - taken,
+                )
+                with self._lock:
+                    for chunk in chunks:
+                        self._running[chunk.ids[0]] = _Running(None, None, chunk)
+            finally:
+                with self._lock:
+                    self._calling_since = None
             for chunk in chunks:
                 key = chunk.ids[0]
-                with self._lock:
-                    self._running[key] = _Running(None, None, chunk)
                 self.executor.submit_chunk(chunk, functools.partial(self._done_chunk, key))
             taken += len(chunks)
         if taken < demand:
@@ -244,13 +266,18 @@ class Producer:
 
     # The loop
 
-    def _start(self, jobs: list[Job]) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for job in jobs:
-                self._running[job.id] = _Running(job, self._deadline(job), started=now)
+    def _start(self, jobs: list[Job], *, registered: bool = False) -> None:
+        if not registered:
+            with self._lock:
+                self._register(jobs)
         for job in jobs:
             self.executor.submit(job)
+
+    def _register(self, jobs: list[Job]) -> None:
+        # Under the lock: a job is always in _ready, _running or _acks for held().
+        now = time.monotonic()
+        for job in jobs:
+            self._running[job.id] = _Running(job, self._deadline(job), started=now)
 
     def _start_ready(self) -> int:
         """Start prefetched jobs in free slots (hand back stale ones); return how many run."""
@@ -269,14 +296,15 @@ class Producer:
                 self.storage.unclaim_jobs(self.node, [j.id for j in stale])
             except Exception as exc:  # the lifeline rescues them if this node dies
                 log.warning("queue %s: handing back prefetched jobs failed (%s)", self.queue, exc)
+        start = []
         with self._lock:
             free = self.limit - len(self._running)
-        start = []
-        while free > 0 and self._ready:
-            start.append(self._ready.popleft()[0])
-            free -= 1
+            while free > 0 and self._ready:
+                start.append(self._ready.popleft()[0])
+                free -= 1
+            self._register(start)
         if start:
-            self._start(start)
+            self._start(start, registered=True)
         return len(start)
 
     def _prefetch(self) -> int:
@@ -320,20 +348,25 @@ class Producer:
                     continue
             linger_until = None
             if pending or fetch:
+                now = self.clock()
                 with self._lock:
                     acks, self._acks = self._acks, []
+                    self._writing = {ack.id for ack in acks}
+                    self._calling_since = now
                 try:
                     _applied, jobs = self.storage.ack_and_fetch(
                         acks,
                         self.queue,
                         demand=demand if fetch else 0,
                         node=self.node,
-                        now=self.clock(),
+                        now=now,
                         exclude=self._exclude,
                     )
                 except Exception as exc:
                     with self._lock:
                         self._acks[:0] = acks  # nothing was written: keep them, in order
+                        self._writing = set()
+                        self._calling_since = None
                     failures += 1
                     delay = min(0.1 * 2**failures, 5.0)
                     log.warning(
@@ -358,6 +391,9 @@ class Producer:
                     now_ready = time.monotonic()
                     self._start(jobs[:free])
                     self._ready.extend((job, now_ready) for job in jobs[free:])
+                with self._lock:
+                    self._writing = set()
+                    self._calling_since = None
                 continue
             if self._halted:
                 return

@@ -467,6 +467,16 @@ class SqlStorage:
             self.notify(sorted(set(queues)))
         return len(queues)
 
+    def executing_ids(self, node: str, *, attempted_before: datetime) -> list[int]:
+        """Return the ids of jobs ``executing`` under ``node`` claimed before the given time
+        (the node's orphan check compares them with what it holds)."""
+        sql = text(
+            "SELECT id FROM flowpro_jobs WHERE state = 'executing' AND attempted_by = :node "
+            "AND attempted_at < :before ORDER BY id"
+        )
+        params = {"node": node, "before": self._ts(attempted_before)}
+        return self._read(lambda c: [row[0] for row in c.execute(sql, params)], what="orphans")
+
     def _move_out(self, sql: Any, params: dict[str, Any], now: datetime, *, what: str) -> int:
         """Run an UPDATE moving jobs out of ``executing`` (it returns id, state, queue,
         workflow_id, batch_id, attempt), follow up their graphs, wake their queues; return

@@ -177,6 +177,9 @@ class Storage(Protocol):
     def unclaim_jobs(self, node: str, ids: Sequence[int]) -> int:
         """Put back jobs claimed ahead but never started, giving their attempt back."""
 
+    def executing_ids(self, node: str, *, attempted_before: datetime) -> list[int]:
+        """Return the ids of jobs ``executing`` under ``node`` claimed before the given time."""
+
     def prune_jobs(self, *, before: datetime, limit: int = 10_000) -> int:
         """Delete terminal jobs that finished before ``before``."""
 

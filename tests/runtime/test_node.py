@@ -404,6 +404,98 @@ def test_the_jobs_of_a_dead_node_are_rescued_and_run_again(fp):
     assert late == []
 
 
+def test_jobs_claimed_under_this_node_that_no_producer_holds_are_handed_back(fp):
+    # A claim whose commit went through while its connection failed: the rows are executing
+    # under this live node, which never got them. No other node rescues them (it beats), so
+    # the node itself hands them back, attempt given back.
+    with running(fp, queues={"work": 1}):
+        name = fp.node.name
+        lost = fp.insert_all([Count.new({}, queue="elsewhere") for _ in range(3)])
+        claimed = fp.storage.fetch_jobs(
+            "elsewhere", demand=3, node=name, now=utcnow() - timedelta(seconds=5)
+        )
+        assert sorted(j.id for j in claimed) == sorted(j.id for j in lost)
+        recent = fp.insert(Count.new({}, queue="elsewhere"))
+        fp.storage.fetch_jobs("elsewhere", demand=1, node=name, now=utcnow())
+
+        def handed_back() -> bool:
+            return all(fp.get_job(j.id).state is JobState.AVAILABLE for j in lost)
+
+        eventually(handed_back, timeout=5)
+        assert [fp.get_job(j.id).attempt for j in lost] == [0, 0, 0]
+        # Claimed just now: not yet older than rescue_after, so not taken for lost.
+        assert fp.get_job(recent.id).state is JobState.EXECUTING
+
+
+def test_the_orphan_check_leaves_alone_what_the_node_runs_longer_than_rescue_after(fp):
+    job = fp.insert(Blocked.new({}))
+    with running(fp, queues={"work": 2}):
+        assert STARTED.wait(5)
+        time.sleep(2.0)  # rescue_after is 1 s; the check runs every 0.1 s
+        read = fp.get_job(job.id)
+        assert (read.state, read.attempt) == (JobState.EXECUTING, 1)
+        assert fp.node.hand_back_orphans() == 0
+        GATE.set()
+        eventually(lambda: fp.get_job(job.id).state is JobState.COMPLETED, timeout=5)
+    assert TALLY.counts == {job.id: 1}
+
+
+def test_many_fast_jobs_never_look_lost_to_the_orphan_check(db_url, fp):
+    # Jobs move between prefetched, running and acked while the check runs every 0.1 s with
+    # a grace of 0.2 s: none may be handed back (that would run it twice).
+    fast = another_app(db_url, rescue_after=0.2, heartbeat_interval=0.05, leader_ttl=0.5)
+    try:
+        jobs = fast.insert_all([Count.new({}) for _ in range(1_500)])
+        fast.run(queues={"work": 10}, until_idle=True)
+    finally:
+        fast.close()
+    assert TALLY.counts == {job.id: 1 for job in jobs}
+
+
+class _SpyStorage:
+    """The real storage, recording at every ack_and_fetch whether the producer still holds
+    each job it is acking, and announces the claim in flight."""
+
+    def __init__(self, storage, holder):
+        self._storage = storage
+        self.holder = holder
+        self.unheld: list[int] = []
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self._storage, name)
+
+    def ack_and_fetch(self, acks, queue, **kwargs):
+        self.calls += 1
+        held, _since = self.holder[0].held()
+        self.unheld += [ack.id for ack in acks if ack.id not in held]
+        if kwargs.get("demand") and _since is None:
+            self.unheld.append(-1)  # a claim in flight must be announced (calling_since)
+        return self._storage.ack_and_fetch(acks, queue, **kwargs)
+
+
+def test_a_producer_holds_every_job_from_claim_to_written_ack(fp):
+    from flowpro._runtime.producer import Producer
+
+    jobs = fp.insert_all([Count.new({}) for _ in range(300)])
+    holder: list[Producer] = []
+    spy = _SpyStorage(fp.storage, holder)
+    producer = Producer(
+        spy, queue="work", limit=5, node="holder-node", poll_interval=0.02, clock=utcnow
+    )
+    holder.append(producer)
+    producer.start()
+    try:
+        eventually(lambda: len(TALLY.counts) == len(jobs), timeout=20)
+        eventually(lambda: not producer.busy(), timeout=5)
+    finally:
+        producer.stop_claiming()
+        producer.halt()
+    assert spy.calls > 1
+    assert spy.unheld == []
+    assert producer.held() == (set(), None)
+
+
 # Many nodes
 
 
