@@ -9,9 +9,9 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.engine import make_url
@@ -30,6 +30,7 @@ from flowpro.storage._sql import (
 from flowpro.storage.base import ClaimedChunk
 
 log = logging.getLogger("flowpro.storage")
+T = TypeVar("T")
 
 CHANNEL = "flowpro_jobs"
 # Transient errors worth retrying the whole transaction for: serialization failure, deadlock,
@@ -354,20 +355,30 @@ class PostgresStorage(SqlStorage):
             return super().ack_and_fetch(
                 acks, queue, demand=demand, node=node, now=now, exclude=exclude
             )
+        released: list[str] = []
+
+        def run(raw: Any) -> tuple[list[int], list[Job]]:
+            released.clear()
+            return self._ack_and_fetch(raw, acks, queue, demand, node, now, released)
+
+        result = self._on_hot_connection(run, what="ack_and_fetch")
+        if released:
+            self._wake_local(released)
+        return result
+
+    def _on_hot_connection(self, fn: Callable[[Any], T], *, what: str) -> T:
+        """Run ``fn`` with this thread's own connection, retrying transient failures on a
+        fresh one (a failed connection is dropped)."""
         for delay in (*RETRY_DELAYS, None):
             raw = self._hot_connection()
-            released: list[str] = []
             try:
-                result = self._ack_and_fetch(raw, acks, queue, demand, node, now, released)
-                if released:
-                    self._wake_local(released)
-                return result
+                return fn(raw)
             except Exception as exc:
                 self._drop_hot_connection(raw)
                 if delay is not None and _psycopg_transient(exc):
                     time.sleep(delay)
                     continue
-                raise StorageError(f"ack_and_fetch failed: {exc}") from exc
+                raise StorageError(f"{what} failed: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _ack_and_fetch(
@@ -433,18 +444,10 @@ class PostgresStorage(SqlStorage):
         once committed, so acks are written apart, while the chunks run."""
         sql, params = self._chunk_claim(queue, worker, size, ready_before, node, now)
         sql = _pyformat(sql)
-        for delay in (*RETRY_DELAYS, None):
-            raw = self._hot_connection()
-            try:
-                found = self._chunk_rounds(raw, sql, params, count)
-                return [ClaimedChunk(rows, self._chunk_jobs) for rows in found]
-            except Exception as exc:
-                self._drop_hot_connection(raw)
-                if delay is not None and _psycopg_transient(exc):
-                    time.sleep(delay)
-                    continue
-                raise StorageError(f"fetch_chunk failed: {exc}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        found = self._on_hot_connection(
+            lambda raw: self._chunk_rounds(raw, sql, params, count), what="fetch_chunk"
+        )
+        return [ClaimedChunk(rows, self._chunk_jobs) for rows in found]
 
     def _chunk_rounds(
         self, raw: Any, sql: str, params: dict[str, Any], count: int

@@ -266,12 +266,7 @@ class SQLiteStorage(SqlStorage):
         for ack in acks:
             params += (ack.id, ack.attempt)
         sql = COMPLETE_MANY.format(rows=", ".join(["(?, ?)"] * len(acks)))
-        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            rows = cur.execute(sql, params).fetchall()
-        finally:
-            cur.close()
-        return [(row[0], row[1], row[2]) for row in rows]
+        return self._applied(c, sql, params)
 
     def _ack_rows(
         self, c: Connection, acks: Sequence[Ack]
@@ -289,6 +284,12 @@ class SQLiteStorage(SqlStorage):
                 ack.recorded,
             )
         sql = ACK_MANY.format(rows=", ".join([ACK_ROW] * len(acks)))
+        return self._applied(c, sql, params)
+
+    def _applied(
+        self, c: Connection, sql: str, params: list[Any]
+    ) -> list[tuple[int, str | None, str | None]]:
+        """Run an ack statement on the driver's cursor; return its (id, workflow, batch) rows."""
         cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             rows = cur.execute(sql, params).fetchall()
