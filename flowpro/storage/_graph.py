@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, text
 
@@ -343,11 +343,14 @@ def workflow_ids(c: Connection, workflow_id: str) -> list[str]:
 __all__ = ["after_ack", "insert_plan", "progress", "workflow_ids"]
 
 
+# The flags that judge a failed dep are its own workflow's (pw), as on the ack path; a deleted
+# dep has no row left, so the dependent's workflow (w) decides whether deletions count.
 _REPAIR_SCAN = text(
-    "SELECT j.id, j.deps_pending, d.dep_id, p.state, w.ignore_cancelled, w.ignore_discarded, "
-    "w.ignore_deleted, p.step FROM flowpro_jobs j "
+    "SELECT j.id, j.deps_pending, d.dep_id, p.state, pw.ignore_cancelled, pw.ignore_discarded, "
+    "w.ignore_deleted, p.step, p.errors FROM flowpro_jobs j "
     "JOIN flowpro_deps d ON d.job_id = j.id "
     "LEFT JOIN flowpro_jobs p ON p.id = d.dep_id "
+    "LEFT JOIN flowpro_workflows pw ON pw.id = p.workflow_id "
     "JOIN flowpro_workflows w ON w.id = j.workflow_id "
     "WHERE j.id IN (SELECT id FROM flowpro_jobs WHERE state = 'suspended' "
     "AND workflow_id IS NOT NULL AND id > :after ORDER BY id LIMIT :limit) ORDER BY j.id"
@@ -363,6 +366,13 @@ _FREE = text(
 )
 
 
+def _cancelled_upstream(st: SqlStorage, errors: Any) -> bool:
+    """Return whether a cancelled step was cancelled because a dep of its own failed: such a
+    cancellation cascades whatever the flags say (as ``progress`` does)."""
+    entries = st._json_out(errors) if errors is not None else []
+    return bool(entries) and isinstance(entries[-1], dict) and entries[-1].get("kind") == "upstream"
+
+
 def repair(
     st: SqlStorage, c: Connection, *, now: datetime, after: int, limit: int
 ) -> tuple[int, int]:
@@ -374,14 +384,14 @@ def repair(
     """
     rows = c.execute(_REPAIR_SCAN, {"after": after, "limit": limit}).fetchall()
     steps: dict[int, dict[str, object]] = {}
-    for job_id, pending, _dep, state, ig_c, ig_d, ig_del, step in rows:
+    for job_id, pending, _dep, state, ig_c, ig_d, ig_del, step, errors in rows:
         entry = steps.setdefault(job_id, {"pending": pending, "unmet": 0, "failed": None})
         if state is None:
             if not ig_del:
                 entry["failed"] = "an upstream step was deleted"
         elif (
             state == "completed"
-            or (state == "cancelled" and ig_c)
+            or (state == "cancelled" and ig_c and not _cancelled_upstream(st, errors))
             or (state == "discarded" and ig_d)
         ):
             continue

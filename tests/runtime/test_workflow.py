@@ -660,6 +660,62 @@ def test_a_deleted_dep_cancels_downstream_at_the_repair_pass_unless_ignored(
     assert states(fp, wf.workflow_id) == expected
 
 
+def _unfinish(fp: flowpro.FlowPro, ids: list[int]) -> None:
+    """Put steps back to suspended with one unmet dep, as a crash between an ack and its
+    follow-ups could leave them; the repair pass must then decide as the ack path did."""
+    engine: sa.Engine = fp.storage.engine  # type: ignore[attr-defined]
+    with engine.begin() as c:
+        c.execute(
+            sa.text(
+                "UPDATE flowpro_jobs SET state = 'suspended', deps_pending = 1, "
+                "cancelled_at = NULL, completed_at = NULL, attempt = 0 WHERE id IN :ids"
+            ).bindparams(sa.bindparam("ids", expanding=True)),
+            {"ids": ids},
+        )
+
+
+def test_the_repair_pass_cascades_an_upstream_cancellation_whatever_the_flags(fp):
+    wf = chain("discard", ignore_cancelled=True)
+    saved = {job.step: job for job in fp.insert(wf)}
+    fp.drain()
+    assert states(fp, wf.workflow_id)["c"] == "cancelled"
+    _unfinish(fp, [saved["c"].id, saved["e"].id])
+    LOG.clear()
+
+    fp.storage.repair_graphs(now=utcnow())
+    fp.drain()
+
+    # b was cancelled because a was discarded: that cascades, as on the ack path.
+    assert states(fp, wf.workflow_id) == {
+        "a": "discarded",
+        "b": "cancelled",
+        "c": "cancelled",
+        "d": "completed",
+        "e": "cancelled",
+    }
+    assert starts() == []
+
+
+def test_the_repair_pass_judges_a_failed_dep_by_its_own_workflow_flags(fp):
+    # r1 is cancelled inside a sub-workflow that ignores cancellations: the ack path lets z
+    # run, although z's own workflow does not ignore them. Repair must agree.
+    sub = Workflow(name="inner", ignore_cancelled=True).add("r1", step(mode="cancel"))
+    sub.add("r2", step())
+    wf = Workflow().add_workflow("sub", sub).add("z", step(), deps=["sub"])
+    saved = {job.step: job for job in fp.insert(wf)}
+    fp.drain()
+    assert states(fp, wf.workflow_id) == {"r1": "cancelled", "r2": "completed", "z": "completed"}
+    _unfinish(fp, [saved["z"].id])
+    LOG.clear()
+
+    changed = fp.storage.repair_graphs(now=utcnow())
+    fp.drain()
+
+    assert changed == 1
+    assert states(fp, wf.workflow_id)["z"] == "completed"
+    assert starts() == ["z"]
+
+
 # Status and graphs
 
 
