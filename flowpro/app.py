@@ -11,7 +11,7 @@ from typing import Any, overload
 
 from flowpro._runtime.chunks import run_chunk
 from flowpro._runtime.cron import CronEntry
-from flowpro._runtime.executor import run_sync
+from flowpro._runtime.executor import run_sync_bounded
 from flowpro._runtime.node import Node, NodeConfig, node_name
 from flowpro.errors import ConfigError, GraphError
 from flowpro.graph import render
@@ -305,8 +305,9 @@ class FlowPro:
         Jobs run in priority then scheduled order; jobs that become available meanwhile
         (zero-backoff retries and anything an ack releases) run too. ``with_scheduled`` also
         runs jobs scheduled in the future. Drain stops when a round only snoozed jobs, so a
-        worker that keeps snoozing cannot make it loop forever. A sync worker's ``timeout``
-        is not enforced here (the attempt runs in the caller's thread); ``run()`` enforces it.
+        worker that keeps snoozing cannot make it loop forever. A worker's ``timeout`` is
+        enforced as in ``run()``: a sync attempt with a timeout runs in a helper thread and
+        is failed (and interrupted) when it runs out.
 
         Example:
             >>> fp.drain(queue="etl")   # doctest: +SKIP
@@ -343,7 +344,7 @@ class FlowPro:
                     queue, demand=DRAIN_BATCH, node=name, now=now, exclude=exclude
                 )
                 if jobs:
-                    job_acks = [run_sync(job, utcnow, storage) for job in jobs]
+                    job_acks = [run_sync_bounded(job, utcnow, storage) for job in jobs]
                     storage.ack_jobs(job_acks)
                     acks.extend(job_acks)
                 if not acks:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import inspect
 import logging
@@ -244,6 +245,38 @@ def _run_sync(job: Job, clock: Clock) -> Ack:
         ack = fail(cls, worker, prepared, exc, clock())
     _run_hooks(cls, worker, ack, prepared, result)
     return ack
+
+
+def run_sync_bounded(job: Job, clock: Clock = utcnow, storage: Storage | None = None) -> Ack:
+    """Run one job as ``run_sync`` does, enforcing a sync worker's ``timeout``: the attempt
+    runs in a helper thread; past its timeout it is failed with ``JobTimeout``, which is also
+    raised inside that thread (at its next Python instruction) so that it stops.
+
+    Example:
+        >>> ack = run_sync_bounded(job)   # doctest: +SKIP
+    """
+    cls = _worker_class(job)
+    if cls is None or cls.timeout is None or is_async(cls, job):
+        return run_sync(job, clock, storage)  # async attempts time out on their own loop
+    done: list[Ack] = []
+
+    def attempt() -> None:
+        # JobTimeout raised into this thread after the deadline ends it quietly: the caller
+        # has already failed the attempt.
+        with contextlib.suppress(BaseException):
+            done.append(run_sync(job, clock, storage))
+
+    thread = threading.Thread(target=attempt, name=f"flowpro-drain-{job.id}", daemon=True)
+    thread.start()
+    thread.join(cls.timeout)
+    if done:
+        return done[0]
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(thread.ident), ctypes.py_object(JobTimeout)
+        )
+    exc = JobTimeout(f"attempt timed out after {cls.timeout:g}s")
+    return fail(cls, cls(), job, exc, clock())
 
 
 async def run_async(job: Job, clock: Clock = utcnow, storage: Storage | None = None) -> Ack:

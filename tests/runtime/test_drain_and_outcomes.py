@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+import time
 from datetime import datetime, timedelta
 
 import pytest
@@ -73,6 +74,23 @@ class AsyncRecord(flowpro.Worker, queue="drain"):
 class AsyncTimeout(flowpro.Worker, queue="drain", timeout=0.2, max_attempts=1):
     async def process(self, job):
         await asyncio.sleep(10)
+
+
+SYNC_STOPPED = threading.Event()
+
+
+class SyncTimeout(flowpro.Worker, queue="drain", timeout=0.2, max_attempts=1):
+    def process(self, job):
+        try:
+            for _ in range(1_000):  # ten seconds in small steps: interruptible
+                time.sleep(0.01)
+        finally:
+            SYNC_STOPPED.set()
+
+
+class SyncInTime(flowpro.Worker, queue="drain", timeout=5):
+    def process(self, job):
+        return threading.current_thread().name
 
 
 # Order and counts
@@ -289,6 +307,23 @@ def test_a_job_of_an_unregistered_worker_is_discarded_saying_so(fp):
     assert read.state is JobState.DISCARDED
     assert "worker 'gone.Worker' is not registered" in read.errors[0]["error"]
     assert read.errors[0]["kind"] == "worker_not_found"
+    assert fp.get_job(fine.id).state is JobState.COMPLETED
+
+
+def test_drain_fails_a_sync_attempt_at_its_timeout_and_stops_it(fp):
+    SYNC_STOPPED.clear()
+    job = fp.insert(SyncTimeout.new({}))
+    fine = fp.insert(SyncInTime.new({}))
+    started = time.monotonic()
+
+    outcome = fp.drain()
+
+    assert time.monotonic() - started < 5
+    assert outcome == {"discarded": 1, "completed": 1}
+    read = fp.get_job(job.id)
+    assert read.state is JobState.DISCARDED
+    assert "JobTimeout: attempt timed out after 0.2s" in read.errors[0]["error"]
+    assert SYNC_STOPPED.wait(5)  # the attempt's thread was interrupted, not left running
     assert fp.get_job(fine.id).state is JobState.COMPLETED
 
 
