@@ -496,6 +496,36 @@ def test_a_producer_holds_every_job_from_claim_to_written_ack(fp):
     assert producer.held() == (set(), None)
 
 
+def test_a_chunk_whose_rows_cannot_be_read_is_handed_back(fp):
+    import functools
+
+    from flowpro._runtime.producer import Producer, _Running
+    from flowpro.storage.base import ClaimedChunk
+
+    jobs = fp.insert_all([Count.new({}) for _ in range(3)])
+    claimed = fp.storage.fetch_jobs("work", demand=3, node="reader-node", now=utcnow())
+    assert len(claimed) == 3
+
+    def unreadable(rows):
+        raise ValueError("corrupt row")
+
+    chunk = ClaimedChunk([(job.id,) for job in claimed], unreadable)
+    producer = Producer(
+        fp.storage, queue="work", limit=1, node="reader-node", poll_interval=1, clock=utcnow
+    )
+    producer._running[chunk.ids[0]] = _Running(None, None, chunk)
+    producer.executor.submit_chunk(chunk, functools.partial(producer._done_chunk, chunk.ids[0]))
+
+    def back() -> bool:
+        return all(fp.get_job(j.id).state is JobState.AVAILABLE for j in jobs)
+
+    eventually(back, timeout=5)
+    assert [fp.get_job(j.id).attempt for j in jobs] == [0, 0, 0]
+    assert producer.held() == (set(), None)
+    assert TALLY.counts == {}
+    producer.executor.shutdown()
+
+
 # Many nodes
 
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+import flowpro
 from flowpro.job import JobState, utcnow
 from tests.storage.helpers import Noop, Other, ack, ago, claim_one, later, new_job
 
@@ -248,6 +249,34 @@ def test_an_ack_of_a_job_that_is_not_executing_is_not_applied(storage, setup):
 
     assert applied == []
     assert storage.get_job(job.id) == before
+
+
+@pytest.mark.parametrize("path", ["ack_jobs", "ack_and_fetch"])
+def test_a_chunk_of_completions_at_one_time_is_fenced_per_job(storage, path):
+    # Ten plain completions sharing one time (a chunk's) take the grouped statement; a stale
+    # attempt among them, and a job no longer executing, are still left alone.
+    storage.insert_jobs([new_job({"i": i}) for i in range(10)])
+    jobs = storage.fetch_jobs("q", demand=10, node="n", now=utcnow())
+    stale, cancelled, rest = jobs[0], jobs[1], jobs[2:]
+    storage.hand_back_jobs("n", [stale.id], now=utcnow())
+    reclaimed = storage.fetch_jobs("q", demand=1, node="m", now=utcnow())[0]
+    storage.cancel_job(cancelled.id, now=utcnow())
+    at = utcnow()
+    acks = [
+        flowpro.job.Ack(id=j.id, attempt=j.attempt, state=JobState.COMPLETED, at=at) for j in jobs
+    ]
+
+    if path == "ack_jobs":
+        applied = storage.ack_jobs(acks)
+    else:
+        applied, _ = storage.ack_and_fetch(acks, "q", demand=0, node="n", now=at)
+
+    assert sorted(applied) == sorted(j.id for j in rest)
+    for job in rest:
+        read = storage.get_job(job.id)
+        assert (read.state, read.completed_at) == (JobState.COMPLETED, at)
+    assert storage.get_job(reclaimed.id).state is JobState.EXECUTING
+    assert storage.get_job(cancelled.id).state is JobState.CANCELLED
 
 
 def test_acking_nothing_applies_nothing(storage):
