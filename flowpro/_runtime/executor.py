@@ -247,6 +247,14 @@ def _run_sync(job: Job, clock: Clock) -> Ack:
     return ack
 
 
+def _raise_timeout_in(ident: int) -> bool:
+    """Raise JobTimeout inside thread ``ident`` at its next Python instruction."""
+    done = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(JobTimeout)
+    )
+    return bool(done == 1)
+
+
 def run_sync_bounded(job: Job, clock: Clock = utcnow, storage: Storage | None = None) -> Ack:
     """Run one job as ``run_sync`` does, enforcing a sync worker's ``timeout``: the attempt
     runs in a helper thread; past its timeout it is failed with ``JobTimeout``, which is also
@@ -272,9 +280,7 @@ def run_sync_bounded(job: Job, clock: Clock = utcnow, storage: Storage | None = 
     if done:
         return done[0]
     if thread.ident is not None:
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-            ctypes.c_ulong(thread.ident), ctypes.py_object(JobTimeout)
-        )
+        _raise_timeout_in(thread.ident)
     exc = JobTimeout(f"attempt timed out after {cls.timeout:g}s")
     return fail(cls, cls(), job, exc, clock())
 
@@ -428,12 +434,7 @@ class Executor:
         """Raise JobTimeout inside the thread running ``job_id`` (takes effect at the next
         Python bytecode; a blocking C call finishes first)."""
         ident = self.threads.get(job_id)
-        if ident is None:
-            return False
-        done = ctypes.pythonapi.PyThreadState_SetAsyncExc(
-            ctypes.c_ulong(ident), ctypes.py_object(JobTimeout)
-        )
-        return bool(done == 1)
+        return ident is not None and _raise_timeout_in(ident)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._loop_lock:

@@ -185,18 +185,19 @@ class Producer:
             # Otherwise it was acked as timed out (or handed back): this result changes nothing.
         self._event.set()
 
-    def _done_chunk(self, key: int, jobs: list[Job] | None, acks: list[Ack]) -> None:
+    def _done_chunk(self, chunk: ClaimedChunk, jobs: list[Job] | None, acks: list[Ack]) -> None:
         """Take a chunk's acks; ``jobs`` is None when its rows could not be read back."""
+        key = chunk.ids[0]
         with self._lock:
-            entry = self._running.pop(key, None)
+            self._running.pop(key, None)
             abandoned = key in self._abandoned
             self._abandoned.discard(key)
             if not abandoned and jobs is not None:
                 by_id = {j.id: j for j in jobs}
                 self._acks.extend(_tag(ack, by_id[ack.id]) for ack in acks)
-        if jobs is None and not abandoned and entry is not None and entry.chunk is not None:
+        if jobs is None and not abandoned:
             try:
-                self.storage.unclaim_jobs(self.node, entry.chunk.ids)
+                self.storage.unclaim_jobs(self.node, chunk.ids)
             except Exception as exc:  # the lifeline rescues them
                 log.warning("queue %s: handing back a chunk failed (%s)", self.queue, exc)
         self._chunk_wanted = True
@@ -229,8 +230,7 @@ class Producer:
                 with self._lock:
                     self._calling_since = None
             for chunk in chunks:
-                key = chunk.ids[0]
-                self.executor.submit_chunk(chunk, functools.partial(self._done_chunk, key))
+                self.executor.submit_chunk(chunk, functools.partial(self._done_chunk, chunk))
             taken += len(chunks)
         if taken < demand:
             self._chunk_wanted = False
@@ -266,10 +266,12 @@ class Producer:
 
     # The loop
 
-    def _start(self, jobs: list[Job], *, registered: bool = False) -> None:
-        if not registered:
-            with self._lock:
-                self._register(jobs)
+    def _start(self, jobs: list[Job]) -> None:
+        with self._lock:
+            self._register(jobs)
+        self._submit(jobs)
+
+    def _submit(self, jobs: list[Job]) -> None:
         for job in jobs:
             self.executor.submit(job)
 
@@ -303,8 +305,7 @@ class Producer:
                 start.append(self._ready.popleft()[0])
                 free -= 1
             self._register(start)
-        if start:
-            self._start(start, registered=True)
+        self._submit(start)
         return len(start)
 
     def _prefetch(self) -> int:

@@ -235,7 +235,7 @@ def _check_shape(value: Any) -> None:
     if type(value) is dict and all(type(key) is str for key in value):
         # The usual record: a dict whose values are scalars needs no walk.
         for child in value.values():
-            if type(child) in _CONTAINERS or isinstance(child, _CONTAINERS):
+            if isinstance(child, _CONTAINERS):
                 break
         else:
             return

@@ -399,6 +399,7 @@ class PostgresStorage(SqlStorage):
         try:
             with raw.pipeline():
                 if not self.synchronous_acks:
+                    # On the release cursor, whose first result is never read anyway.
                     release_cur.execute(ASYNC_COMMIT)
                 for cur, (sql, params) in zip(ack_curs, statements, strict=True):
                     cur.execute(sql, params)
@@ -453,7 +454,7 @@ class PostgresStorage(SqlStorage):
         self, raw: Any, sql: str, params: dict[str, Any], count: int
     ) -> list[list[Any]]:
         first = raw.cursor(binary=True)
-        rest = [raw.cursor(binary=True) for _ in range(count - 1)]
+        more: list[Any] = []
         try:
             with raw.pipeline():
                 if not self.synchronous_acks:
@@ -465,7 +466,8 @@ class PostgresStorage(SqlStorage):
                 found.append(rows)
             # Only when a chunk was ready: then the next ones usually are too, and when they
             # are not, the statements that find nothing cost one (grouping) scan each.
-            more = rest if rows else []
+            if rows:
+                more = [raw.cursor(binary=True) for _ in range(count - 1)]
             with raw.pipeline():
                 for cur in more:
                     cur.execute(sql, params)
@@ -482,7 +484,7 @@ class PostgresStorage(SqlStorage):
             raise
         finally:
             first.close()
-            for cur in rest:
+            for cur in more:
                 cur.close()
 
     def _hot_connection(self) -> Any:

@@ -514,7 +514,7 @@ def test_a_chunk_whose_rows_cannot_be_read_is_handed_back(fp):
         fp.storage, queue="work", limit=1, node="reader-node", poll_interval=1, clock=utcnow
     )
     producer._running[chunk.ids[0]] = _Running(None, None, chunk)
-    producer.executor.submit_chunk(chunk, functools.partial(producer._done_chunk, chunk.ids[0]))
+    producer.executor.submit_chunk(chunk, functools.partial(producer._done_chunk, chunk))
 
     def back() -> bool:
         return all(fp.get_job(j.id).state is JobState.AVAILABLE for j in jobs)
