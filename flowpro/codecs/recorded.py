@@ -1,8 +1,16 @@
 """Recorded output: a return value as strict JSON, zstd-compressed, size-limited and bounded.
 
-Stored format, version 1: one byte ``0x01``, then one zstd frame that carries its content size
-and a checksum and holds the UTF-8 JSON text. An encrypted worker passes ``seal``/``unseal``
-(see ``flowpro.codecs.encrypted``) so the limit applies to the bytes actually stored.
+Stored formats, told apart by their first byte:
+
+- ``0x01``: one zstd frame that carries its content size and a checksum and holds the UTF-8
+  JSON text. Every record of ``STORE_BELOW`` bytes of JSON or more.
+- ``0x02``: the CRC-32 of the JSON text (4 bytes, big-endian), then the UTF-8 JSON text as is.
+  Records shorter than ``STORE_BELOW`` bytes: zstd cannot shrink them (its frame header and
+  checksum alone are 13 bytes), and a compression call releases the GIL, which in a node busy
+  with short jobs costs a thread switch per record.
+
+An encrypted worker passes ``seal``/``unseal`` (see ``flowpro.codecs.encrypted``) so the limit
+applies to the bytes actually stored.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +32,8 @@ DEFAULT_LIMIT = 32_000
 MIN_MAX_OUTPUT = 16 * 1024 * 1024
 MAX_DEPTH = 200
 _VERSION = b"\x01"
+_STORED = b"\x02"
+STORE_BELOW = 128  # bytes of JSON: shorter records are stored uncompressed (format 0x02)
 _LEVEL = 3
 _local = threading.local()
 _CONTAINERS = (dict, list, tuple)
@@ -127,7 +138,10 @@ def pack(
             f"recorded output is {len(raw)} bytes of JSON; at most {bound} bytes can be "
             f"recorded with a limit of {limit} bytes; return less"
         )
-    stored = _VERSION + _compressor().compress(raw)
+    if len(raw) < STORE_BELOW:
+        stored = _STORED + zlib.crc32(raw).to_bytes(4, "big") + raw
+    else:
+        stored = _VERSION + _compressor().compress(raw)
     if seal is not None:
         stored = seal(stored)
     if len(stored) > limit:
@@ -172,9 +186,13 @@ def unpack(
     data = bytes(unseal(bytes(blob)) if unseal is not None else blob)
     if not data:
         raise CodecError("recorded output is empty")
-    if data[:1] != _VERSION:
+    version = data[:1]
+    if version == _VERSION:
+        raw = _decompress(data[1:], bound)
+    elif version == _STORED:
+        raw = _stored(data, bound)
+    else:
         raise CodecError(f"recorded output has unknown format version 0x{data[0]:02x}")
-    raw = _decompress(data[1:], bound)
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -222,6 +240,18 @@ def _decompress(frame: bytes, bound: int) -> bytes:
     except (zstandard.ZstdError, ValueError, MemoryError, OverflowError):
         _local.dctx = None  # start the next call from a fresh context
         raise CodecError("recorded output is corrupt: zstd decompression failed") from None
+
+
+def _stored(data: bytes, bound: int) -> bytes:
+    """Return the JSON text of a format-0x02 record, checked against its CRC-32."""
+    raw = data[5:]
+    if len(data) < 5:
+        raise CodecError("recorded output is corrupt: truncated before its checksum")
+    if len(raw) > bound:
+        raise CodecError(f"recorded output holds {len(raw)} bytes; at most {bound} are allowed")
+    if zlib.crc32(raw) != int.from_bytes(data[1:5], "big"):
+        raise CodecError("recorded output is corrupt: its checksum does not match")
+    return raw
 
 
 def _refuse_constant(name: str) -> Any:

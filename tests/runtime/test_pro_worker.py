@@ -246,7 +246,11 @@ class RandomReport(flowpro.Worker, queue="pro", recorded=True, max_attempts=3):
 
 
 def test_a_recorded_return_value_is_stored_compressed_and_fetched_back(fp):
-    value = {"rows": [1, 2.5, None, True], "name": "Zoë ✓", "nested": {"a": [{"b": "c"}]}}
+    value = {
+        "rows": [1, 2.5, None, True] * 10,
+        "name": "Zoë ✓",
+        "nested": {"a": [{"b": "c"}]},
+    }
     job = fp.insert(Report.new({"value": value}))
 
     fp.drain()
@@ -256,6 +260,16 @@ def test_a_recorded_return_value_is_stored_compressed_and_fetched_back(fp):
     assert Report.fetch_recorded(saved) == value
     stored = raw_column(fp, job.id, "recorded")
     assert stored[:1] == b"\x01" and stored[1:5] == b"\x28\xb5\x2f\xfd"  # version, zstd magic
+
+
+def test_a_short_recorded_value_is_stored_uncompressed_with_its_checksum(fp):
+    job = fp.insert(Report.new({"value": {"ok": True}}))
+
+    fp.drain()
+
+    assert Report.fetch_recorded(fp.get_job(job.id)) == {"ok": True}
+    stored = raw_column(fp, job.id, "recorded")
+    assert stored[:1] == b"\x02" and stored[5:] == b'{"ok":true}'
 
 
 def test_returning_none_records_nothing(fp):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import zlib
 from typing import Any
 
 import zstandard
@@ -67,6 +68,18 @@ def test_authentic_zstd_frames_of_arbitrary_bytes_raise_only_flowpro_errors(payl
     frame = zstandard.ZstdCompressor(write_checksum=checksum).compress(payload)
 
     decodes_or_raises_flowpro_error(encrypted.seal(b"\x01" + frame, KEYS, aad=AAD))
+
+
+@fuzz
+@given(st.binary(max_size=512))
+def test_short_records_with_a_right_checksum_over_arbitrary_bytes_raise_only_flowpro_errors(
+    payload,
+):
+    stored = b"\x02" + zlib.crc32(payload).to_bytes(4, "big") + payload
+
+    decodes_or_raises_flowpro_error(encrypted.seal(stored, KEYS, aad=AAD))
+    with contextlib.suppress(FlowproError):
+        recorded.unpack(stored)
 
 
 @fuzz

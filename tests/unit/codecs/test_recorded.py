@@ -7,6 +7,7 @@ import json
 import os
 import time
 import tracemalloc
+import zlib
 
 import pytest
 import zstandard
@@ -55,11 +56,50 @@ def test_none_records_nothing():
 
 
 def test_the_stored_form_is_a_version_byte_and_one_zstd_frame_with_size_and_checksum():
-    stored = recorded.pack({"a": 1})
+    value = {"rows": ["x" * 10] * 20}
+    text = json.dumps(value, separators=(",", ":")).encode()
+    assert len(text) >= recorded.STORE_BELOW
+
+    stored = recorded.pack(value)
 
     assert stored is not None and stored[:1] == b"\x01"
     params = zstandard.get_frame_parameters(stored[1:])
-    assert params.content_size == len(b'{"a":1}') and params.has_checksum
+    assert params.content_size == len(text) and params.has_checksum
+    assert len(stored) < len(text)
+
+
+def test_a_short_record_is_stored_as_is_after_a_version_byte_and_its_crc32():
+    stored = recorded.pack({"a": 1})
+
+    assert stored == b"\x02" + zlib.crc32(b'{"a":1}').to_bytes(4, "big") + b'{"a":1}'
+    assert recorded.unpack(stored) == {"a": 1}
+
+
+@pytest.mark.parametrize("size", [recorded.STORE_BELOW - 1, recorded.STORE_BELOW])
+def test_records_either_side_of_the_threshold_round_trip(size):
+    value = "y" * (size - 2)  # a JSON string: two quotes around it
+
+    stored = recorded.pack(value)
+
+    assert stored is not None
+    assert stored[:1] == (b"\x02" if size < recorded.STORE_BELOW else b"\x01")
+    assert recorded.unpack(stored) == value
+
+
+def test_a_short_record_with_a_flipped_bit_is_refused():
+    stored = bytearray(recorded.pack({"amount": 10}) or b"")
+    stored[-3] ^= 0x01  # '{"amount":10}' becomes '{"amount":00}': still JSON, wrong value
+
+    with pytest.raises(CodecError, match="checksum does not match"):
+        recorded.unpack(bytes(stored))
+
+
+def test_a_short_record_longer_than_the_bound_is_refused_before_parsing():
+    raw = b"[" + b"1," * 50 + b"1]"
+    blob = b"\x02" + zlib.crc32(raw).to_bytes(4, "big") + raw
+
+    with pytest.raises(CodecError, match="at most 10 are allowed"):
+        recorded.unpack(blob, max_output_size=10)
 
 
 def test_100_kb_of_compressible_output_passes_the_default_limit():
@@ -157,7 +197,11 @@ def frame(raw: bytes, **options: object) -> bytes:
     ("blob", "message"),
     [
         (b"", "empty"),
-        (b"\x02" + frame(b"1", write_checksum=True), "unknown format version 0x02"),
+        (b"\x03" + frame(b"1", write_checksum=True), "unknown format version 0x03"),
+        (b"\x02\x00\x00", "truncated before its checksum"),
+        (b"\x02" + zlib.crc32(b"[1]").to_bytes(4, "big") + b"[2]", "checksum does not match"),
+        (b"\x02" + zlib.crc32(b"[NaN]").to_bytes(4, "big") + b"[NaN]", "not UTF-8 JSON"),
+        (b"\x02" + zlib.crc32(b"\xff").to_bytes(4, "big") + b"\xff", "not UTF-8 JSON"),
         (b"\x01", "not a zstd frame"),
         (b"\x01garbage-garbage", "not a zstd frame"),
         (b"\x01" + frame(b"[1]", write_checksum=True)[:-2], "decompression failed"),
