@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import inspect
 import logging
 import threading
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from datetime import datetime, timedelta
 from typing import Any
 
 from flowpro._runtime.context import current_storage
+from flowpro._runtime.pool import WakingPool
 from flowpro.errors import ArgsError, CodecError, ConfigError, FlowproError, WorkerNotFound
 from flowpro.job import Ack, Cancel, Discard, Job, JobState, Snooze, error_entry, utcnow
 from flowpro.storage.base import ClaimedChunk, Storage
@@ -354,7 +356,8 @@ async def _call_async(entry: Callable[[Job], Any], job: Job, timeout: float | No
 
 
 class Executor:
-    """Runs sync workers in a thread pool and async workers on one event-loop thread.
+    """Runs sync workers in a thread pool (``WakingPool``: threads are woken as work needs
+    them) and async workers on one event-loop thread.
 
     ``on_done(job, ack)`` is called from the running thread when an attempt ends.
     """
@@ -368,7 +371,7 @@ class Executor:
         storage: Storage | None = None,
     ) -> None:
         self._storage = storage
-        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="flowpro")
+        self._pool = WakingPool(max(1, threads), name="flowpro")
         self._on_done = on_done
         self._clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -387,7 +390,7 @@ class Executor:
             )
             future.add_done_callback(lambda f: self._finish(job, f))
         else:
-            self._pool.submit(self._run_in_thread, job)
+            self._pool.submit(functools.partial(self._run_in_thread, job))
 
     def submit_chunk(
         self, chunk: ClaimedChunk, on_done: Callable[[list[Job] | None, list[Ack]], None]
@@ -449,7 +452,7 @@ class Executor:
 
     def shutdown(self) -> None:
         """Stop accepting attempts; sync ones go on in their threads, async ones are cancelled."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         with self._loop_lock:
             loop, self._loop = self._loop, None
         if loop is not None:
