@@ -24,11 +24,12 @@ def note(path: str, event: str, job: flowpro.Job, extra: str = "") -> None:
 
 class Member(flowpro.Worker, queue="race", name="race.Member", max_attempts=3):
     """Sleeps until args["at"] (epoch seconds), so that members on different nodes finish at
-    the same instant, then does args["do"]: ok, flaky (fails attempt 1), cancel, discard,
-    fail (always raises)."""
+    the same instant, then for args["hold"] seconds (so that one fast node cannot run a whole
+    big batch before the others claim part of it), then does args["do"]: ok, flaky (fails
+    attempt 1), cancel, discard, fail (always raises)."""
 
     def process(self, job: flowpro.Job) -> Any:
-        time.sleep(max(0.0, job.args.get("at", 0) - time.time()))
+        time.sleep(max(0.0, job.args.get("at", 0) - time.time()) + job.args.get("hold", 0.0))
         do = job.args.get("do", "ok")
         note(job.args["log"], "member", job, do)
         if do == "cancel":

@@ -185,7 +185,7 @@ def insert_round(
             # of all batches are claimed first: a batch's members land on different nodes.
             # Four nodes of eight slots hold every small batch at once; all wait for `at`.
             rw.Member.new(
-                {"log": str(log), "do": do, "at": at},
+                {"log": str(log), "do": do, "at": at, "hold": 0.0 if small else 0.005},
                 priority=i if small else 2,
                 max_attempts=1 if do == "fail" else 3,
             )
