@@ -209,7 +209,10 @@ class Node:
 
     def _maintain(self) -> None:
         cfg = self.config
-        last: dict[str, float] = {}
+        # Pruning and the workflow repair pass scan many rows; like Oban's plugins they first
+        # run one interval after the node starts, not in the middle of its first busy second.
+        started = time.monotonic()
+        last: dict[str, float] = {"prune": started, "repair": started}
 
         def due(task: str, interval: float) -> bool:
             now = time.monotonic()

@@ -39,20 +39,29 @@ _FIND_STEP = (
     "JOIN flowpro_workflows w ON w.id = j.workflow_id "
     "WHERE j.workflow_id = :workflow_id AND j.step = :step"
 )
-_POLICY = text(
+# Run on the driver's cursor where the adapter allows (``SqlStorage._rows``): both run on
+# every ack round of workflow steps. ``{ids}`` and ``{ok}`` are lists of ``:name`` marks.
+_POLICY = (
     "SELECT j.id, j.step, w.ignore_cancelled, w.ignore_discarded FROM flowpro_jobs j "
-    "JOIN flowpro_workflows w ON w.id = j.workflow_id WHERE j.id IN :ids"
-).bindparams(bindparam("ids", expanding=True))
-_UNMET = (
-    "(SELECT count(*) FROM flowpro_deps d WHERE d.job_id = flowpro_jobs.id AND d.dep_id IN :ok)"
+    "JOIN flowpro_workflows w ON w.id = j.workflow_id WHERE j.id IN ({ids})"
 )
-_RELEASE = text(
-    f"UPDATE flowpro_jobs SET deps_pending = deps_pending - {_UNMET}, "
-    f"state = CASE WHEN deps_pending - {_UNMET} > 0 THEN state "
-    "WHEN scheduled_at > :now THEN 'scheduled' ELSE 'available' END "
-    "WHERE state = 'suspended' AND id IN (SELECT job_id FROM flowpro_deps WHERE dep_id IN :ok) "
+# Each waiting step loses as many unmet deps as it has among the ``ok`` ones: counted once per
+# step (a grouped scan of the edges from those deps), not once per step and column.
+_RELEASE = (
+    "UPDATE flowpro_jobs AS t SET deps_pending = t.deps_pending - c.n, "
+    "state = CASE WHEN t.deps_pending - c.n > 0 THEN t.state "
+    "WHEN t.scheduled_at > :now THEN 'scheduled' ELSE 'available' END "
+    "FROM (SELECT job_id, count(*) AS n FROM flowpro_deps WHERE dep_id IN ({ok}) "
+    "GROUP BY job_id) AS c "
+    "WHERE t.id = c.job_id AND t.state = 'suspended' "
     "RETURNING state, queue"
-).bindparams(bindparam("ok", expanding=True))
+)
+
+
+def _marks(name: str, values: Sequence[object]) -> tuple[str, dict[str, object]]:
+    """Return ``:name_0, :name_1, ...`` for an IN list, and the parameters they name."""
+    keys = [f"{name}_{i}" for i in range(len(values))]
+    return ", ".join(f":{key}" for key in keys), dict(zip(keys, values, strict=True))
 
 
 def insert_plan(st: SqlStorage, c: Connection, plan: InsertPlan, now: datetime) -> list[Job]:
@@ -262,9 +271,10 @@ def progress(
     pending = list(finished)
     forced = {job_id for job_id, _ in pending} if upstream else set()
     while pending:
+        marks, params = _marks("id", [job_id for job_id, _ in pending])
         policy = {
             row[0]: (row[1], bool(row[2]), bool(row[3]))
-            for row in c.execute(_POLICY, {"ids": [job_id for job_id, _ in pending]})
+            for row in st._rows(c, _POLICY.format(ids=marks), params)
         }
         ok: list[int] = []
         failed: list[tuple[int, str]] = []
@@ -281,7 +291,9 @@ def progress(
             else:
                 failed.append((job_id, f"upstream step {step!r} was {state}"))
         if ok:
-            rows = c.execute(_RELEASE, {"ok": ok, "now": st._ts(now)}).fetchall()
+            marks, params = _marks("ok", ok)
+            params["now"] = st._ts(now)
+            rows = st._rows(c, _RELEASE.format(ok=marks), params)
             queues = sorted({row[1] for row in rows if row[0] == "available"})
             if queues:
                 st._notify_in_tx(c, queues)

@@ -913,6 +913,11 @@ class SqlStorage:
     def _notify_in_tx(self, c: Connection, queues: Sequence[str]) -> None:
         """Tell other nodes about available jobs when the transaction commits."""
 
+    def _rows(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
+        """Run a statement (``:name`` parameters) in the transaction; return its rows. SQLite
+        runs it on the driver's cursor (statements of every ack round of workflow steps)."""
+        return list(c.execute(text(sql), params))
+
     def _claim_rows(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
         """Run a claiming statement (``:name`` parameters); return its rows. Adapters run it
         on the driver's cursor, as they run their other claims."""

@@ -234,6 +234,9 @@ class SQLiteStorage(SqlStorage):
         return jobs
 
     def _claim_rows(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
+        return self._rows(c, sql, params)
+
+    def _rows(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
         cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             rows: list[Any] = cur.execute(sql, params).fetchall()
