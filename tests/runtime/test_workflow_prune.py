@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -254,3 +255,33 @@ def test_a_sub_workflow_appended_from_a_sub_workflow_is_kept_and_pruned_with_its
 
     assert prune(fp) == 3
     assert rows_of(fp, wf) == {"workflows": 0, "jobs": 0, "deps": 0}
+
+
+def test_a_node_prunes_first_one_interval_after_it_starts(db_url):
+    # Pruning scans many rows: a node starting in a busy moment does it later, not at once.
+    app = flowpro.FlowPro(
+        db_url,
+        poll_interval=0.02,
+        heartbeat_interval=0.05,
+        leader_ttl=0.5,
+        prune_interval=1.5,
+        retention=timedelta(milliseconds=1),
+        idle_check_interval=0.02,
+    )
+    app.migrate()
+    done = app.insert(Plain.new({}))
+    app.drain("prune-plain")
+    runner = threading.Thread(target=app.run, kwargs={"queues": {"prune-plain": 1}}, daemon=True)
+    started = time.monotonic()
+    runner.start()
+    try:
+        eventually(lambda: app.node is not None and app.node.leader.is_leader, timeout=10)
+        time.sleep(max(0.0, started + 0.6 - time.monotonic()))
+        assert app.get_job(done.id) is not None  # the node leads, but has not pruned yet
+
+        eventually(lambda: app.get_job(done.id) is None, timeout=10)
+        assert time.monotonic() - started >= 1.5
+    finally:
+        app.stop()
+        runner.join(timeout=15)
+        app.close()
