@@ -271,11 +271,16 @@ def progress(
     pending = list(finished)
     forced = {job_id for job_id, _ in pending} if upstream else set()
     while pending:
-        marks, params = _marks("id", [job_id for job_id, _ in pending])
-        policy = {
-            row[0]: (row[1], bool(row[2]), bool(row[3]))
-            for row in st._rows(c, _POLICY.format(ids=marks), params)
-        }
+        if not forced and all(state is JobState.COMPLETED for _, state in pending):
+            # The usual ack round: completed steps release whatever the flags say, and the
+            # step names are only for failure messages.
+            policy = {job_id: ("", False, False) for job_id, _ in pending}
+        else:
+            marks, params = _marks("id", [job_id for job_id, _ in pending])
+            policy = {
+                row[0]: (row[1], bool(row[2]), bool(row[3]))
+                for row in st._rows(c, _POLICY.format(ids=marks), params)
+            }
         ok: list[int] = []
         failed: list[tuple[int, str]] = []
         for job_id, state in pending:
