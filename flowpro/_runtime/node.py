@@ -141,11 +141,11 @@ class Node:
         if self.busy():
             return False
         try:
-            pending = self.storage.count_pending(list(self.queues), now=self.clock())
+            pending = self.storage.has_pending(list(self.queues), now=self.clock())
         except Exception as exc:
             log.warning("idle check failed (%s)", exc)
             return False
-        return pending == 0 and not self.busy()
+        return not pending and not self.busy()
 
     def stop(self) -> None:
         """Stop claiming, let attempts finish within the grace period, hand back the rest."""

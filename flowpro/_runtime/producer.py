@@ -146,9 +146,12 @@ class Producer:
             return ids, self._calling_since
 
     def busy(self) -> bool:
-        """Return whether attempts are running or acks are waiting to be written."""
+        """Return whether attempts are running, acks are waiting to be written, or a claim
+        or an ack is in flight (its jobs are not known to be done yet)."""
         with self._lock:
-            return bool(self._running) or bool(self._acks) or bool(self._ready)
+            return bool(self._running or self._acks or self._ready or self._writing) or (
+                self._calling_since is not None
+            )
 
     def halt(self) -> list[int]:
         """Stop the loop after a last flush; return the ids of attempts still running."""

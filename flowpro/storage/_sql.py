@@ -279,6 +279,18 @@ class SqlStorage:
         params = {"queues": list(queues), "now": self._ts(now)}
         return self._read(lambda c: int(c.execute(sql, params).scalar_one()), what="count_pending")
 
+    def has_pending(self, queues: Sequence[str], *, now: datetime) -> bool:
+        """Return whether a job of the queues is runnable now or executing: the idle check of
+        ``run(until_idle=True)``, a few index probes however many jobs are queued."""
+        sql = text(
+            "SELECT EXISTS (SELECT 1 FROM flowpro_jobs WHERE state IN ('available', "
+            "'executing') AND queue IN :queues) OR EXISTS (SELECT 1 FROM flowpro_jobs "
+            "WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= :now "
+            "AND queue IN :queues)"
+        ).bindparams(bindparam("queues", expanding=True))
+        params = {"queues": list(queues), "now": self._ts(now)}
+        return self._read(lambda c: bool(c.execute(sql, params).scalar_one()), what="has_pending")
+
     def has_available(self, queue: str, exclude: Sequence[str] = ()) -> bool:
         """Return whether the queue has an available job that a plain claim would take (not
         the partitioned jobs of the ``exclude``d chunk workers)."""

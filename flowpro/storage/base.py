@@ -192,6 +192,10 @@ class Storage(Protocol):
     def count_pending(self, queues: Sequence[str], *, now: datetime) -> int:
         """Count jobs of the queues that are runnable now or executing."""
 
+    def has_pending(self, queues: Sequence[str], *, now: datetime) -> bool:
+        """Return whether a job of the queues is runnable now or executing (what
+        ``count_pending`` counts, found without counting)."""
+
     # Nodes, leadership, cron
 
     def heartbeat(self, node: str, *, queues: Sequence[str], now: datetime) -> None:

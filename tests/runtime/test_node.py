@@ -496,6 +496,46 @@ def test_a_producer_holds_every_job_from_claim_to_written_ack(fp):
     assert producer.held() == (set(), None)
 
 
+class _SlowClaims:
+    """The real storage, whose ack_and_fetch waits for ``release`` once ``entered`` is set."""
+
+    def __init__(self, storage):
+        self._storage = storage
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._storage, name)
+
+    def ack_and_fetch(self, acks, queue, **kwargs):
+        if kwargs.get("demand"):
+            self.entered.set()
+            self.release.wait(10)
+        return self._storage.ack_and_fetch(acks, queue, **kwargs)
+
+
+def test_a_producer_with_a_claim_in_flight_is_busy_so_the_node_is_not_idle(fp):
+    from flowpro._runtime.producer import Producer
+
+    job = fp.insert(Count.new({}))
+    slow = _SlowClaims(fp.storage)
+    producer = Producer(
+        slow, queue="work", limit=2, node="busy-node", poll_interval=0.02, clock=utcnow
+    )
+    producer.start()
+    try:
+        assert slow.entered.wait(10)
+        # Nothing runs, no ack waits, nothing is prefetched: only the claim is under way.
+        assert producer.busy()
+        slow.release.set()
+        eventually(lambda: TALLY.counts.get(job.id) == 1, timeout=10)
+        eventually(lambda: not producer.busy(), timeout=10)
+    finally:
+        slow.release.set()
+        producer.stop_claiming()
+        producer.halt()
+
+
 def test_a_chunk_whose_rows_cannot_be_read_is_handed_back(fp):
     import functools
 

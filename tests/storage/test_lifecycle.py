@@ -281,6 +281,21 @@ def test_count_pending_counts_runnable_and_executing_jobs_of_the_queues(storage)
     assert storage.count_pending(["missing"], now=later(2)) == 0
 
 
+def test_has_pending_finds_what_count_pending_counts(storage):
+    storage.insert_jobs([new_job(schedule_in=1), Other.new({})])
+    assert storage.has_pending(["q"], now=utcnow()) is False  # only a job due in 1 s
+    assert storage.has_pending(["q"], now=later(2)) is True
+    assert storage.has_pending(["other"], now=utcnow()) is True
+    assert storage.has_pending(["missing", "q"], now=utcnow()) is False
+
+    storage.insert_jobs([new_job()])
+    job = claim_one(storage)
+    assert storage.has_pending(["q"], now=utcnow()) is True  # executing
+    storage.ack_jobs([ack(job, JobState.RETRYABLE, scheduled_at=later(5))])
+    assert storage.has_pending(["q"], now=utcnow()) is False
+    assert storage.has_pending(["q"], now=later(6)) is True  # the retry is due
+
+
 def test_count_pending_counts_due_retryable_jobs(storage):
     storage.insert_jobs([new_job()])
     job = claim_one(storage)
