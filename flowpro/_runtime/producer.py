@@ -414,7 +414,8 @@ class Producer:
         try:
             # Only ever raise the flags here: a wake-up may have raised them meanwhile.
             self._chunk_wanted = self._chunk_wanted or bool(self.chunk_workers)
-            if self.storage.has_available(self.queue, self._exclude):
+            # Already wanted (the slots are merely full): the query could tell nothing new.
+            if not self._fetch_wanted and self.storage.has_available(self.queue, self._exclude):
                 self._fetch_wanted = True
         except Exception as exc:
             log.warning("queue %s: poll failed (%s)", self.queue, exc)
