@@ -244,9 +244,9 @@ def _decompress(frame: bytes, bound: int) -> bytes:
 
 def _stored(data: bytes, bound: int) -> bytes:
     """Return the JSON text of a format-0x02 record, checked against its CRC-32."""
-    raw = data[5:]
     if len(data) < 5:
         raise CodecError("recorded output is corrupt: truncated before its checksum")
+    raw = data[5:]
     if len(raw) > bound:
         raise CodecError(f"recorded output holds {len(raw)} bytes; at most {bound} are allowed")
     if zlib.crc32(raw) != int.from_bytes(data[1:5], "big"):

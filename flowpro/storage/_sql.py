@@ -271,25 +271,29 @@ class SqlStorage:
 
     def count_pending(self, queues: Sequence[str], *, now: datetime) -> int:
         """Count jobs of the queues that are runnable now or executing."""
-        sql = text(
+        sql = (
             "SELECT count(*) FROM flowpro_jobs WHERE queue IN :queues AND "
             "(state IN ('available', 'executing') OR "
             "(state IN ('scheduled', 'retryable') AND scheduled_at <= :now))"
-        ).bindparams(bindparam("queues", expanding=True))
-        params = {"queues": list(queues), "now": self._ts(now)}
-        return self._read(lambda c: int(c.execute(sql, params).scalar_one()), what="count_pending")
+        )
+        return int(self._queues_scalar(sql, queues, now, what="count_pending"))
 
     def has_pending(self, queues: Sequence[str], *, now: datetime) -> bool:
         """Return whether a job of the queues is runnable now or executing: the idle check of
         ``run(until_idle=True)``, a few index probes however many jobs are queued."""
-        sql = text(
+        sql = (
             "SELECT EXISTS (SELECT 1 FROM flowpro_jobs WHERE state IN ('available', "
             "'executing') AND queue IN :queues) OR EXISTS (SELECT 1 FROM flowpro_jobs "
             "WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= :now "
             "AND queue IN :queues)"
-        ).bindparams(bindparam("queues", expanding=True))
+        )
+        return bool(self._queues_scalar(sql, queues, now, what="has_pending"))
+
+    def _queues_scalar(self, sql: str, queues: Sequence[str], now: datetime, *, what: str) -> Any:
+        """Read the one value of a query on ``:queues`` (a list) and ``:now``."""
+        stmt = text(sql).bindparams(bindparam("queues", expanding=True))
         params = {"queues": list(queues), "now": self._ts(now)}
-        return self._read(lambda c: bool(c.execute(sql, params).scalar_one()), what="has_pending")
+        return self._read(lambda c: c.execute(stmt, params).scalar_one(), what=what)
 
     def has_available(self, queue: str, exclude: Sequence[str] = ()) -> bool:
         """Return whether the queue has an available job that a plain claim would take (not

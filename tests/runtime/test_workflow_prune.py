@@ -190,7 +190,8 @@ def test_a_workflow_ended_by_a_cascade_is_pruned_whole_once_everything_is_termin
     assert deleted == 3 and rows_of(fp, wf)["jobs"] == 0
 
 
-def test_a_node_pruning_with_a_tiny_retention_never_strands_a_running_workflow(db_url):
+def pruning_app(db_url: str, prune_interval: float) -> flowpro.FlowPro:
+    """An app whose node beats, stages and prunes often, keeping finished jobs 1 ms."""
     app = flowpro.FlowPro(
         db_url,
         poll_interval=0.02,
@@ -198,11 +199,16 @@ def test_a_node_pruning_with_a_tiny_retention_never_strands_a_running_workflow(d
         rescue_after=5.0,
         leader_ttl=0.5,
         stage_interval=0.02,
-        prune_interval=0.02,
+        prune_interval=prune_interval,
         retention=timedelta(milliseconds=1),
         idle_check_interval=0.02,
     )
     app.migrate()
+    return app
+
+
+def test_a_node_pruning_with_a_tiny_retention_never_strands_a_running_workflow(db_url):
+    app = pruning_app(db_url, prune_interval=0.02)
     wf = (
         Workflow(name="slow")
         .add("a", Early.new({}))
@@ -259,16 +265,7 @@ def test_a_sub_workflow_appended_from_a_sub_workflow_is_kept_and_pruned_with_its
 
 def test_a_node_prunes_first_one_interval_after_it_starts(db_url):
     # Pruning scans many rows: a node starting in a busy moment does it later, not at once.
-    app = flowpro.FlowPro(
-        db_url,
-        poll_interval=0.02,
-        heartbeat_interval=0.05,
-        leader_ttl=0.5,
-        prune_interval=1.5,
-        retention=timedelta(milliseconds=1),
-        idle_check_interval=0.02,
-    )
-    app.migrate()
+    app = pruning_app(db_url, prune_interval=1.5)
     done = app.insert(Plain.new({}))
     app.drain("prune-plain")
     runner = threading.Thread(target=app.run, kwargs={"queues": {"prune-plain": 1}}, daemon=True)
