@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -103,6 +104,15 @@ def fp(db_url: str) -> Iterator[flowpro.FlowPro]:
 @pytest.fixture
 def storage(fp: flowpro.FlowPro) -> Any:
     return fp.storage
+
+
+def run_in_threads(target: Callable[[], Any], count: int) -> None:
+    """Run ``target`` in ``count`` threads at once and wait for all of them."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:

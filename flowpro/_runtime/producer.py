@@ -149,7 +149,8 @@ class Producer:
         """Return whether attempts are running, acks are waiting to be written, or a claim
         or an ack is in flight (its jobs are not known to be done yet)."""
         with self._lock:
-            return bool(self._running or self._acks or self._ready or self._writing) or (
+            # Acks are written only during a call, so _calling_since covers _writing too.
+            return bool(self._running or self._acks or self._ready) or (
                 self._calling_since is not None
             )
 

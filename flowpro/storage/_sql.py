@@ -806,12 +806,13 @@ class SqlStorage:
                 rows = self._claim_rows(c, sql, params)
                 if not rows:
                     break
-                chunks.append(ClaimedChunk(rows, self._chunk_jobs))
+                chunks.append(ClaimedChunk(rows, self._claimed_jobs))
             return chunks
 
         return self._write(run, what="fetch_chunk")
 
-    def _chunk_jobs(self, rows: Sequence[Sequence[Any]]) -> list[Job]:
+    def _claimed_jobs(self, rows: Sequence[Sequence[Any]]) -> list[Job]:
+        """Return claimed rows as Jobs in claim order (priority, scheduled time, id)."""
         jobs = [self._job(row) for row in rows]
         jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))
         return jobs
@@ -937,7 +938,7 @@ class SqlStorage:
     def _claim_rows(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
         """Run a claiming statement (``:name`` parameters); return its rows. Adapters run it
         on the driver's cursor, as they run their other claims."""
-        return list(c.execute(text(sql), params))
+        return self._rows(c, sql, params)
 
     def _for_update(self) -> str:
         """Return the row-locking clause for a SELECT whose rows the transaction relies on."""

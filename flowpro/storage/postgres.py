@@ -325,10 +325,7 @@ class PostgresStorage(SqlStorage):
             # A chunk worker's job without a partition (a batch callback) runs on its own.
             excluded = "(worker <> ALL(%(exclude)s::text[]) OR chunk_key IS NULL)"
             sql = _CLAIM.format(queue=f"{where}AND {excluded}")
-        rows = self._pipelined(c, sql, params)
-        jobs = [self._job(row) for row in rows]
-        jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))
-        return jobs
+        return self._claimed_jobs(self._pipelined(c, sql, params))
 
     def ack_and_fetch(
         self,
@@ -423,9 +420,7 @@ class PostgresStorage(SqlStorage):
                 cur.close()
             release_cur.close()
             claim_cur.close()
-        jobs = [self._job(row) for row in rows]
-        jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))
-        return applied, jobs
+        return applied, self._claimed_jobs(rows)
 
     def fetch_chunk_many(
         self,
@@ -448,7 +443,7 @@ class PostgresStorage(SqlStorage):
         found = self._on_hot_connection(
             lambda raw: self._chunk_rounds(raw, sql, params, count), what="fetch_chunk"
         )
-        return [ClaimedChunk(rows, self._chunk_jobs) for rows in found]
+        return [ClaimedChunk(rows, self._claimed_jobs) for rows in found]
 
     def _chunk_rounds(
         self, raw: Any, sql: str, params: dict[str, Any], count: int

@@ -223,18 +223,8 @@ class SQLiteStorage(SqlStorage):
             # A chunk worker's job without a partition (a batch callback) runs on its own.
             excluded = f"(worker NOT IN ({', '.join(names)}) OR chunk_key IS NULL)"
             sql = _CLAIM.format(queue=f"{where}AND {excluded}")
-        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            # SQLite has no SKIP LOCKED; one UPDATE ... RETURNING is atomic (single writer).
-            rows = cur.execute(sql, params).fetchall()
-        finally:
-            cur.close()
-        jobs = [self._job(row) for row in rows]
-        jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))
-        return jobs
-
-    def _claim_rows(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
-        return self._rows(c, sql, params)
+        # SQLite has no SKIP LOCKED; one UPDATE ... RETURNING is atomic (single writer).
+        return self._claimed_jobs(self._rows(c, sql, params))
 
     def _rows(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
         cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]

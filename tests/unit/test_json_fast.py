@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from flowpro._json import compact, loads
+from tests.conftest import run_in_threads
 
 JSON = st.recursive(
     st.none()
@@ -91,11 +91,7 @@ def test_the_same_value_encoded_from_many_threads_at_once():
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(run, 8)
     assert not errors
     assert len(results) == 2_400
     assert set(results) == {expected}

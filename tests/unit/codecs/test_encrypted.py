@@ -14,6 +14,7 @@ import pytest
 
 from flowpro.codecs import encrypted
 from flowpro.errors import ConfigError, DecryptError
+from tests.conftest import run_in_threads
 
 CANARY = b"CANARY-4f1d-secret-ssn-078-05-1120"
 OLD, NEW, OTHER = (encrypted.generate_key() for _ in range(3))
@@ -78,11 +79,7 @@ def test_nonces_never_repeat_across_threads_and_blocks():
         with lock:
             seen.extend(mine)
 
-    threads = [threading.Thread(target=draw) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(draw, 4)
     assert len(seen) == 12 * encrypted._NONCES_PER_BLOCK
     assert len(set(seen)) == len(seen)
     assert {len(nonce) for nonce in seen} == {12}
