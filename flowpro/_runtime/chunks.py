@@ -77,17 +77,26 @@ def chunk_acks(
         for member in members:
             listed[member.id if isinstance(member, Job) else int(member)] = (kind, detail)
     recorded = dict(result.recorded or {})
+    completed = JobState.COMPLETED
     acks = []
     for job in jobs:
-        kind, detail = listed.get(job.id, ("ok", None))
+        entry = listed.get(job.id)
+        if entry is None:
+            value = recorded.get(job.id)
+            # The common case, built directly: what conclude() returns for None.
+            acks.append(
+                Ack(job.id, job.attempt, completed, now)
+                if value is None
+                else conclude(cls, worker, job, value, now)
+            )
+            continue
+        kind, detail = entry
         if kind == "error":
             acks.append(fail(cls, worker, job, ChunkError(str(detail)), now))
         elif kind == "cancel":
             acks.append(_terminal(cls, job, JobState.CANCELLED, str(detail), "cancel", now))
         elif kind == "discard":
             acks.append(_terminal(cls, job, JobState.DISCARDED, str(detail), "discard", now))
-        elif kind == "snooze":
-            acks.append(conclude(cls, worker, job, Snooze(float(detail)), now))
         else:
-            acks.append(conclude(cls, worker, job, recorded.get(job.id), now))
+            acks.append(conclude(cls, worker, job, Snooze(float(detail)), now))
     return acks

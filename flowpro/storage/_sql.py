@@ -28,6 +28,13 @@ JOB_COLUMNS = (
     "attempted_by, inserted_at, scheduled_at, attempted_at, completed_at, cancelled_at, "
     "discarded_at, recorded, workflow_id, step, batch_id"
 )
+# What a claim returns: every column but those the claim itself sets (state, attempted_by and
+# attempted_at), which the claimer knows already. Fewer columns are less to build per row.
+CLAIM_COLUMNS = (
+    "id, queue, worker, args, meta, tags, errors, attempt, max_attempts, priority, "
+    "inserted_at, scheduled_at, completed_at, cancelled_at, discarded_at, recorded, "
+    "workflow_id, step, batch_id"
+)
 INSERT_COLUMNS = (
     "state, queue, worker, args, meta, tags, errors, attempt, max_attempts, priority, "
     "inserted_at, scheduled_at"
@@ -53,6 +60,10 @@ RETRY_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 2.0, 2.0)
 # Acks of this many plain completions sharing one time (a chunk's) are written by a statement
 # that takes only (id, attempt) per job; fewer take the general statement.
 GROUP_COMPLETIONS_FROM = 8
+
+
+def _claim_order(job: Job) -> tuple[int, datetime, int]:
+    return job.priority, job.scheduled_at, job.id
 
 
 def split_completions(acks: Sequence[Ack]) -> tuple[dict[datetime, list[Ack]], list[Ack]]:
@@ -799,6 +810,7 @@ class SqlStorage:
         """Claim up to ``count`` chunks (see ``fetch_chunk``) in one transaction: one
         statement each, until none is ready. Rows become Jobs when the chunk is run."""
         sql, params = self._chunk_claim(queue, worker, size, ready_before, node, now)
+        decode = functools.partial(self._claimed_jobs, node=node, now=now)
 
         def run(c: Connection) -> list[ClaimedChunk]:
             chunks: list[ClaimedChunk] = []
@@ -806,15 +818,46 @@ class SqlStorage:
                 rows = self._claim_rows(c, sql, params)
                 if not rows:
                     break
-                chunks.append(ClaimedChunk(rows, self._claimed_jobs))
+                chunks.append(ClaimedChunk(rows, decode))
             return chunks
 
         return self._write(run, what="fetch_chunk")
 
-    def _claimed_jobs(self, rows: Sequence[Sequence[Any]]) -> list[Job]:
-        """Return claimed rows as Jobs in claim order (priority, scheduled time, id)."""
-        jobs = [self._job(row) for row in rows]
-        jobs.sort(key=lambda j: (j.priority, j.scheduled_at, j.id))
+    def _claimed_jobs(self, rows: Sequence[Sequence[Any]], node: str, now: datetime) -> list[Job]:
+        """Return claimed rows (``CLAIM_COLUMNS``) as the executing Jobs they became, in claim
+        order (priority, scheduled time, id); ``node`` and ``now`` are the claim's own."""
+        dt = self._dt
+        js = self._json_out
+        at = dt(self._ts(now))  # as stored, so as a read-back would give it
+        executing = JobState.EXECUTING
+        jobs = [
+            Job(
+                row[0],
+                executing,
+                row[1],
+                row[2],
+                js(row[3]),
+                js(row[4]),
+                js(row[5]),
+                js(row[6]),
+                row[7],
+                row[8],
+                row[9],
+                node,
+                dt(row[10]),  # type: ignore[arg-type]
+                dt(row[11]),  # type: ignore[arg-type]
+                at,
+                None if row[12] is None else dt(row[12]),
+                None if row[13] is None else dt(row[13]),
+                None if row[14] is None else dt(row[14]),
+                None if row[15] is None else bytes(row[15]),
+                row[16],
+                row[17],
+                row[18],
+            )
+            for row in rows
+        ]
+        jobs.sort(key=_claim_order)
         return jobs
 
     def _chunk_claim(
@@ -855,7 +898,7 @@ class SqlStorage:
             f"ORDER BY priority, scheduled_at, id LIMIT :size{self._skip_locked()}) "
             "UPDATE flowpro_jobs SET state = 'executing', attempt = attempt + 1, "
             "attempted_at = :now, attempted_by = :node WHERE id IN (SELECT id FROM picked) "
-            f"RETURNING {JOB_COLUMNS}"
+            f"RETURNING {CLAIM_COLUMNS}"
         )
         params = {
             "worker": worker,

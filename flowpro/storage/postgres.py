@@ -22,7 +22,7 @@ from flowpro.errors import ConfigError, StorageError
 from flowpro.job import Ack, Job, JobState, NewJob
 from flowpro.storage._sql import (
     ACK_SET,
-    JOB_COLUMNS,
+    CLAIM_COLUMNS,
     RETRY_DELAYS,
     SqlStorage,
     split_completions,
@@ -42,7 +42,7 @@ _CLAIM = (
     "ORDER BY priority, scheduled_at, id LIMIT %(demand)s FOR UPDATE SKIP LOCKED) "
     "UPDATE flowpro_jobs AS j SET state = 'executing', attempt = j.attempt + 1, "
     "attempted_at = %(now)s, attempted_by = %(node)s FROM picked WHERE j.id = picked.id "
-    "RETURNING " + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+    "RETURNING " + ", ".join(f"j.{c.strip()}" for c in CLAIM_COLUMNS.split(","))
 )
 CLAIM_QUEUE = _CLAIM.format(queue="AND queue = %(queue)s")
 CLAIM_ANY = _CLAIM.format(queue="")
@@ -325,7 +325,7 @@ class PostgresStorage(SqlStorage):
             # A chunk worker's job without a partition (a batch callback) runs on its own.
             excluded = "(worker <> ALL(%(exclude)s::text[]) OR chunk_key IS NULL)"
             sql = _CLAIM.format(queue=f"{where}AND {excluded}")
-        return self._claimed_jobs(self._pipelined(c, sql, params))
+        return self._claimed_jobs(self._pipelined(c, sql, params), node, now)
 
     def ack_and_fetch(
         self,
@@ -420,7 +420,7 @@ class PostgresStorage(SqlStorage):
                 cur.close()
             release_cur.close()
             claim_cur.close()
-        return applied, self._claimed_jobs(rows)
+        return applied, self._claimed_jobs(rows, node, now)
 
     def fetch_chunk_many(
         self,
@@ -443,7 +443,8 @@ class PostgresStorage(SqlStorage):
         found = self._on_hot_connection(
             lambda raw: self._chunk_rounds(raw, sql, params, count), what="fetch_chunk"
         )
-        return [ClaimedChunk(rows, self._claimed_jobs) for rows in found]
+        decode = functools.partial(self._claimed_jobs, node=node, now=now)
+        return [ClaimedChunk(rows, decode) for rows in found]
 
     def _chunk_rounds(
         self, raw: Any, sql: str, params: dict[str, Any], count: int
