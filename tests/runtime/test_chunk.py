@@ -291,6 +291,8 @@ def test_a_full_partition_is_claimed_while_an_older_partial_one_waits_for_its_ti
     assert second == []  # one "b" and two "a": neither full nor old enough
     assert [j.id for j in timed_out] == [j.id for j in older]
     assert all(j.state == JobState.EXECUTING and j.attempt == 1 for j in first + timed_out)
+    # A claim returns only what it did not set itself; the Jobs are still the rows it wrote.
+    assert first + timed_out == [fp.get_job(j.id) for j in first + timed_out]
 
 
 def test_two_nodes_claiming_chunks_at_once_run_every_job_once_in_unmixed_chunks(fp, db_url):

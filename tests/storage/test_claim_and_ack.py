@@ -293,6 +293,7 @@ def test_ack_and_fetch_writes_outcomes_and_claims_new_jobs_together(storage):
 
     assert sorted(applied) == sorted(j.id for j in first)
     assert [j.args for j in more] == [{"i": 2}]
+    assert more == [storage.get_job(j.id) for j in more]
     assert all(storage.get_job(j.id).state is JobState.COMPLETED for j in first)
 
 
