@@ -35,11 +35,19 @@ CLAIM_COLUMNS = (
     "inserted_at, scheduled_at, completed_at, cancelled_at, discarded_at, recorded, "
     "workflow_id, step, batch_id"
 )
+# Claims the rows of a ``picked`` table of ids (the end of a WITH clause).
+CLAIM_PICKED = (
+    "UPDATE flowpro_jobs SET state = 'executing', attempt = attempt + 1, "
+    "attempted_at = :now, attempted_by = :node WHERE id IN (SELECT id FROM picked) "
+    f"RETURNING {CLAIM_COLUMNS}"
+)
 INSERT_COLUMNS = (
     "state, queue, worker, args, meta, tags, errors, attempt, max_attempts, priority, "
     "inserted_at, scheduled_at"
 )
 TERMINAL = "('completed', 'cancelled', 'discarded')"
+# The states the state index holds: all but the two every claim and ack moves a job between.
+NOT_MOVING = "state NOT IN ('available', 'executing')"
 _STATES = {state.value: state for state in JobState}
 
 # The SET clause of an ack; `v` names the ack's values. Only the fields the outcome changes are
@@ -264,6 +272,8 @@ class SqlStorage:
                 where.append(f"{column} IN :{column}s")
                 params[f"{column}s"] = list(values)
                 binds.append(bindparam(f"{column}s", expanding=True))
+        if states and not {"available", "executing"} & set(states):
+            where.append(NOT_MOVING)  # true already; it lets SQLite use the state index
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         order = "DESC" if newest_first else "ASC"
         sql = text(
@@ -275,17 +285,27 @@ class SqlStorage:
 
     def count_jobs(self) -> dict[str, int]:
         """Return the number of jobs per state."""
-        sql = text("SELECT state, count(*) FROM flowpro_jobs GROUP BY state")
+        # One part per index: available and executing jobs are not in the state index.
+        sql = text(
+            "SELECT 'available', count(*) FROM flowpro_jobs WHERE state = 'available' "
+            "UNION ALL SELECT 'executing', count(*) FROM flowpro_jobs WHERE state = 'executing' "
+            f"UNION ALL SELECT state, count(*) FROM flowpro_jobs WHERE {NOT_MOVING} "
+            "GROUP BY state"
+        )
         return self._read(
-            lambda c: {row[0]: int(row[1]) for row in c.execute(sql)}, what="count_jobs"
+            lambda c: {row[0]: int(row[1]) for row in c.execute(sql) if row[1]},
+            what="count_jobs",
         )
 
     def count_pending(self, queues: Sequence[str], *, now: datetime) -> int:
         """Count jobs of the queues that are runnable now or executing."""
+        # One count per index (claim, executing, stage), each read through its index.
         sql = (
-            "SELECT count(*) FROM flowpro_jobs WHERE queue IN :queues AND "
-            "(state IN ('available', 'executing') OR "
-            "(state IN ('scheduled', 'retryable') AND scheduled_at <= :now))"
+            "SELECT (SELECT count(*) FROM flowpro_jobs WHERE state = 'available' "
+            "AND queue IN :queues) + (SELECT count(*) FROM flowpro_jobs "
+            "WHERE state = 'executing' AND queue IN :queues) + (SELECT count(*) "
+            "FROM flowpro_jobs WHERE state IN ('scheduled', 'retryable') "
+            "AND scheduled_at <= :now AND queue IN :queues)"
         )
         return int(self._queues_scalar(sql, queues, now, what="count_pending"))
 
@@ -293,10 +313,11 @@ class SqlStorage:
         """Return whether a job of the queues is runnable now or executing: the idle check of
         ``run(until_idle=True)``, a few index probes however many jobs are queued."""
         sql = (
-            "SELECT EXISTS (SELECT 1 FROM flowpro_jobs WHERE state IN ('available', "
-            "'executing') AND queue IN :queues) OR EXISTS (SELECT 1 FROM flowpro_jobs "
-            "WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= :now "
-            "AND queue IN :queues)"
+            "SELECT EXISTS (SELECT 1 FROM flowpro_jobs WHERE state = 'available' "
+            "AND queue IN :queues) OR EXISTS (SELECT 1 FROM flowpro_jobs "
+            "WHERE state = 'executing' AND queue IN :queues) OR EXISTS (SELECT 1 "
+            "FROM flowpro_jobs WHERE state IN ('scheduled', 'retryable') "
+            "AND scheduled_at <= :now AND queue IN :queues)"
         )
         return bool(self._queues_scalar(sql, queues, now, what="has_pending"))
 
@@ -542,7 +563,7 @@ class SqlStorage:
         """
         plain = text(
             "DELETE FROM flowpro_jobs WHERE id IN (SELECT id FROM flowpro_jobs "
-            f"WHERE state IN {TERMINAL} AND workflow_id IS NULL AND "
+            f"WHERE state IN {TERMINAL} AND {NOT_MOVING} AND workflow_id IS NULL AND "
             "COALESCE(completed_at, cancelled_at, discarded_at) < :before LIMIT :limit)"
         )
         done_roots = text(
@@ -809,13 +830,13 @@ class SqlStorage:
     ) -> list[ClaimedChunk]:
         """Claim up to ``count`` chunks (see ``fetch_chunk``) in one transaction: one
         statement each, until none is ready. Rows become Jobs when the chunk is run."""
-        sql, params = self._chunk_claim(queue, worker, size, ready_before, node, now)
+        picked, params = self._chunk_pick(queue, worker, size, ready_before, node, now)
         decode = functools.partial(self._claimed_jobs, node=node, now=now)
 
         def run(c: Connection) -> list[ClaimedChunk]:
             chunks: list[ClaimedChunk] = []
             while len(chunks) < count:
-                rows = self._claim_rows(c, sql, params)
+                rows = self._claim_picked(c, picked, params)
                 if not rows:
                     break
                 chunks.append(ClaimedChunk(rows, decode))
@@ -870,6 +891,20 @@ class SqlStorage:
         now: datetime,
     ) -> tuple[str, dict[str, Any]]:
         """Return the statement (``:name`` parameters) that claims one ready chunk."""
+        picked, params = self._chunk_pick(queue, worker, size, ready_before, node, now)
+        return picked + CLAIM_PICKED, params
+
+    def _chunk_pick(
+        self,
+        queue: str | None,
+        worker: str,
+        size: int,
+        ready_before: datetime | None,
+        node: str,
+        now: datetime,
+    ) -> tuple[str, dict[str, Any]]:
+        """Return the ``WITH`` clause (``:name`` parameters) whose ``picked`` table holds the
+        ids of one ready chunk."""
         scope = "state = 'available' AND worker = :worker" + (
             " AND queue = :queue" if queue is not None else ""
         )
@@ -896,9 +931,6 @@ class SqlStorage:
             f"picked AS (SELECT id FROM flowpro_jobs WHERE {scope} "
             "AND chunk_key = (SELECT chunk_key FROM part LIMIT 1) "
             f"ORDER BY priority, scheduled_at, id LIMIT :size{self._skip_locked()}) "
-            "UPDATE flowpro_jobs SET state = 'executing', attempt = attempt + 1, "
-            "attempted_at = :now, attempted_by = :node WHERE id IN (SELECT id FROM picked) "
-            f"RETURNING {CLAIM_COLUMNS}"
         )
         params = {
             "worker": worker,
@@ -977,6 +1009,11 @@ class SqlStorage:
         """Run a statement (``:name`` parameters) in the transaction; return its rows. SQLite
         runs it on the driver's cursor (statements of every ack round of workflow steps)."""
         return list(c.execute(text(sql), params))
+
+    def _claim_picked(self, c: Connection, picked: str, params: dict[str, Any]) -> list[Any]:
+        """Claim the jobs whose ids the ``WITH`` clause ``picked`` selects (``:name``
+        parameters, with ``now`` and ``node``); return their rows (``CLAIM_COLUMNS``)."""
+        return self._claim_rows(c, picked + CLAIM_PICKED, params)
 
     def _claim_rows(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
         """Run a claiming statement (``:name`` parameters); return its rows. Adapters run it

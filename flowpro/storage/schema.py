@@ -84,7 +84,16 @@ Index(
     postgresql_where=text("state = 'executing'"),
     sqlite_where=text("state = 'executing'"),
 )
-Index("flowpro_jobs_state_queue_idx", jobs.c.state, jobs.c.queue, jobs.c.id)
+# Listing and counting by state. Available and executing jobs are left out: those states move
+# on every claim and ack, and the claim and executing indexes already find them.
+Index(
+    "flowpro_jobs_state_queue_idx",
+    jobs.c.state,
+    jobs.c.queue,
+    jobs.c.id,
+    postgresql_where=text("state NOT IN ('available', 'executing')"),
+    sqlite_where=text("state NOT IN ('available', 'executing')"),
+)
 # Unique: a step name is taken once per workflow, also by two appends racing each other.
 Index(
     "flowpro_jobs_workflow_idx",

@@ -15,38 +15,65 @@ from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from flowpro._json import loads
-from flowpro.errors import ConfigError
+from flowpro._json import compact, loads
+from flowpro.errors import ConfigError, StorageError
 from flowpro.job import Ack, Job, JobState
-from flowpro.storage._sql import ACK_SET, CLAIM_COLUMNS, SqlStorage, split_completions
+from flowpro.storage._sql import ACK_SET, SqlStorage, split_completions
 
 BUSY_TIMEOUT_MS = 30_000
 SYNC_MODES = {"off", "normal", "full", "extra"}
 
-_CLAIM = (
-    "UPDATE flowpro_jobs SET state = 'executing', attempt = attempt + 1, "
-    "attempted_at = :now, attempted_by = :node WHERE id IN ("
-    "SELECT id FROM flowpro_jobs WHERE state = 'available' {queue} "
+# Claims take two statements and two rows: the picked jobs as one JSON document, then their
+# update. Python's sqlite3 lets other threads run at every row it steps through (it releases
+# the GIL), and a thread busy with Python code holds on to it for up to the switch interval;
+# a claim of a hundred rows returned by UPDATE ... RETURNING waited on the workers a hundred
+# times. One row per statement lets it wait twice at most.
+_PICK = (
+    "WITH picked AS (SELECT id FROM flowpro_jobs WHERE state = 'available' {queue} "
     "ORDER BY priority, scheduled_at, id LIMIT :demand) "
-    f"RETURNING {CLAIM_COLUMNS}"
 )
-CLAIM_QUEUE = _CLAIM.format(queue="AND queue = :queue")
-CLAIM_ANY = _CLAIM.format(queue="")
+PICK_QUEUE = _PICK.format(queue="AND queue = :queue")
+PICK_ANY = _PICK.format(queue="")
+# The picked rows (CLAIM_COLUMNS, recorded in hex: JSON holds no bytes) as one JSON array.
+PICKED_ROWS = (
+    "SELECT json_group_array(json_array(id, queue, worker, args, meta, tags, errors, attempt, "
+    "max_attempts, priority, inserted_at, scheduled_at, completed_at, cancelled_at, "
+    "discarded_at, CASE WHEN recorded IS NULL THEN NULL ELSE hex(recorded) END, workflow_id, "
+    "step, batch_id)) FROM flowpro_jobs WHERE id IN (SELECT id FROM picked)"
+)
+CLAIM_IDS = (
+    "UPDATE flowpro_jobs SET state = 'executing', attempt = attempt + 1, "
+    "attempted_at = :now, attempted_by = :node "
+    # "+state": look the rows up by id. Without statistics SQLite would take the state index
+    # and walk every available job to find these.
+    "WHERE id IN (SELECT value FROM json_each(:ids)) AND +state = 'available'"
+)
 # Acks in one statement: their values joined in (UPDATE ... FROM, SQLite 3.33+).
 ACK_MANY = (
     "WITH v(id, attempt, state, at, scheduled_at, errors, max_attempts, recorded) AS "
     "(VALUES {rows}) "
     f"UPDATE flowpro_jobs SET {ACK_SET.format(v='v.', t='flowpro_jobs.', errors='v.errors')} "
     "FROM v WHERE flowpro_jobs.id = v.id AND flowpro_jobs.attempt = v.attempt "
-    "AND flowpro_jobs.state = 'executing' "
+    "AND +flowpro_jobs.state = 'executing' "
     "RETURNING flowpro_jobs.id, flowpro_jobs.workflow_id, flowpro_jobs.batch_id"
 )
 ACK_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
 # Plain completions sharing one time (a chunk's): two parameters a job.
-COMPLETE_MANY = (
-    "UPDATE flowpro_jobs SET state = 'completed', completed_at = ? "
-    "WHERE state = 'executing' AND (id, attempt) IN (VALUES {rows}) "
-    "RETURNING id, workflow_id, batch_id"
+# Joined by id (UPDATE ... FROM): "state = 'executing' AND (id, attempt) IN (VALUES ...)"
+# would walk the state index through every executing job.
+_COMPLETE = (
+    "WITH v(id, attempt) AS (VALUES {{rows}}) "
+    "UPDATE flowpro_jobs SET state = 'completed', completed_at = ? FROM v "
+    "WHERE flowpro_jobs.id = v.id AND flowpro_jobs.attempt = v.attempt "
+    "AND +flowpro_jobs.state = 'executing'{only}"
+)
+COMPLETE_MANY = _COMPLETE.format(
+    only=" RETURNING flowpro_jobs.id, flowpro_jobs.workflow_id, flowpro_jobs.batch_id"
+)
+# The same for jobs outside workflows and batches (nothing follows from them), with no rows
+# returned: when every job applies, its count says so.
+COMPLETE_PLAIN = _COMPLETE.format(
+    only=" AND flowpro_jobs.workflow_id IS NULL AND flowpro_jobs.batch_id IS NULL"
 )
 ACKS_PER_STATEMENT = 500  # 8 parameters each, well under SQLite's limit of variables
 COMPLETIONS_PER_STATEMENT = 2_000  # 2 parameters each
@@ -221,16 +248,34 @@ class SQLiteStorage(SqlStorage):
         exclude: Sequence[str] = (),
     ) -> list[Job]:
         params: dict[str, Any] = {"now": ts(now), "node": node, "demand": demand, "queue": queue}
-        sql = CLAIM_ANY if queue is None else CLAIM_QUEUE
+        sql = PICK_ANY if queue is None else PICK_QUEUE
         if exclude:
             names = [f":x{i}" for i in range(len(exclude))]
             params.update({f"x{i}": name for i, name in enumerate(exclude)})
             where = "" if queue is None else "AND queue = :queue "
             # A chunk worker's job without a partition (a batch callback) runs on its own.
             excluded = f"(worker NOT IN ({', '.join(names)}) OR chunk_key IS NULL)"
-            sql = _CLAIM.format(queue=f"{where}AND {excluded}")
-        # SQLite has no SKIP LOCKED; one UPDATE ... RETURNING is atomic (single writer).
-        return self._claimed_jobs(self._rows(c, sql, params), node, now)
+            sql = _PICK.format(queue=f"{where}AND {excluded}")
+        # SQLite has no SKIP LOCKED; the transaction is the only writer (BEGIN IMMEDIATE).
+        return self._claimed_jobs(self._claim_picked(c, sql, params), node, now)
+
+    def _claim_picked(self, c: Connection, picked: str, params: dict[str, Any]) -> list[Any]:
+        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            rows: list[list[Any]] = loads(cur.execute(picked + PICKED_ROWS, params).fetchone()[0])
+            if not rows:
+                return rows
+            ids = compact([row[0] for row in rows])
+            cur.execute(CLAIM_IDS, {"ids": ids, "now": params["now"], "node": params["node"]})
+            if cur.rowcount != len(rows):  # pragma: no cover - the transaction writes alone
+                raise StorageError(f"claimed {cur.rowcount} of the {len(rows)} picked jobs")
+        finally:
+            cur.close()
+        for row in rows:
+            row[7] += 1  # the attempt this claim started
+            if row[15] is not None:
+                row[15] = bytes.fromhex(row[15])
+        return rows
 
     def _rows(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
         cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -261,11 +306,26 @@ class SQLiteStorage(SqlStorage):
     def _complete_rows(
         self, c: Connection, at: datetime, acks: Sequence[Ack]
     ) -> list[tuple[int, str | None, str | None]]:
-        params: list[Any] = [ts(at)]
+        params: list[Any] = []
         for ack in acks:
             params += (ack.id, ack.attempt)
-        sql = COMPLETE_MANY.format(rows=", ".join(["(?, ?)"] * len(acks)))
-        return self._applied(c, sql, params)
+        params.append(ts(at))  # after the values, as in the statement
+        rows = ", ".join(["(?, ?)"] * len(acks))
+        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            # Usually every job applies and none is in a workflow or batch: then one statement
+            # that returns no rows (see the claims for why rows cost). Otherwise it is undone
+            # and the statement that names what applied and what follows from it runs.
+            cur.execute("SAVEPOINT flowpro_complete")
+            cur.execute(COMPLETE_PLAIN.format(rows=rows), params)
+            if cur.rowcount == len(acks):
+                cur.execute("RELEASE flowpro_complete")
+                return [(ack.id, None, None) for ack in acks]
+            cur.execute("ROLLBACK TO flowpro_complete")
+            cur.execute("RELEASE flowpro_complete")
+        finally:
+            cur.close()
+        return self._applied(c, COMPLETE_MANY.format(rows=rows), params)
 
     def _ack_rows(
         self, c: Connection, acks: Sequence[Ack]

@@ -15,7 +15,7 @@ import flowpro
 from flowpro import GraphError, Workflow
 from flowpro.codecs import encrypted as codec
 from flowpro.graph.render import COLOURS
-from flowpro.job import JobState, utcnow
+from flowpro.job import Ack, JobState, utcnow
 
 LOG: list[tuple[str, str]] = []
 SEEN: dict[str, dict[str, Any]] = {}
@@ -151,6 +151,25 @@ def test_steps_wait_suspended_until_every_dep_completed(fp):
     fp.drain("q-load")
     assert starts() == ["extract", "clean", "stats", "load"]
     assert set(states(fp, wf.workflow_id).values()) == {"completed"}
+
+
+def test_steps_completed_together_at_one_time_release_their_join(fp):
+    # Acks sharing one time take the grouped statement of completions. These carry no graph
+    # tag (as a hand-written ack would not): the store itself finds what follows from them.
+    wf = Workflow(name="fan")
+    for i in range(10):
+        wf.add(f"s{i}", Silent.new({}))
+    wf.add("join", Silent.new({}), deps=[f"s{i}" for i in range(10)])
+    fp.insert(wf)
+    steps = fp.storage.fetch_jobs("wf", demand=20, node="n", now=utcnow())
+    at = utcnow()
+
+    applied = fp.storage.ack_jobs(
+        [Ack(id=j.id, attempt=j.attempt, state=JobState.COMPLETED, at=at) for j in steps]
+    )
+
+    assert sorted(applied) == sorted(j.id for j in steps) and len(steps) == 10
+    assert states(fp, wf.workflow_id)["join"] == "available"
 
 
 def test_a_retried_or_snoozed_dep_holds_its_dependents_until_it_completes(fp):
