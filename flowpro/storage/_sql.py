@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -38,7 +40,7 @@ CLAIM_COLUMNS = (
 # Claims the rows of a ``picked`` table of ids (the end of a WITH clause).
 CLAIM_PICKED = (
     "UPDATE flowpro_jobs SET state = 'executing', attempt = attempt + 1, "
-    "attempted_at = :now, attempted_by = :node WHERE id IN (SELECT id FROM picked) "
+    "attempted_at = :now, attempted_by = :node WHERE {in_picked} "
     f"RETURNING {CLAIM_COLUMNS}"
 )
 INSERT_COLUMNS = (
@@ -159,7 +161,7 @@ class SqlStorage:
                 raise StorageError(f"{what} failed: {_driver_message(exc)}") from exc
         for delay in (*RETRY_DELAYS, None):
             try:
-                with self.engine.begin() as c:
+                with self._write_gate(), self.engine.begin() as c:
                     return fn(c)
             except (DBAPIError, self._driver_error) as exc:
                 if delay is not None and self._is_transient(self._wrapped(exc)):
@@ -169,6 +171,11 @@ class SqlStorage:
             except SQLAlchemyError as exc:
                 raise StorageError(f"{what} failed: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _write_gate(self) -> AbstractContextManager[Any]:
+        """Return what a write transaction holds while it runs (SQLite: this process's lock
+        of the database file; PostgreSQL: nothing)."""
+        return contextlib.nullcontext()
 
     def _read(self, fn: Callable[[Connection], T], *, what: str) -> T:
         """Run ``fn`` on a connection that takes no write lock."""
@@ -892,7 +899,7 @@ class SqlStorage:
     ) -> tuple[str, dict[str, Any]]:
         """Return the statement (``:name`` parameters) that claims one ready chunk."""
         picked, params = self._chunk_pick(queue, worker, size, ready_before, node, now)
-        return picked + CLAIM_PICKED, params
+        return picked + CLAIM_PICKED.format(in_picked=self._in_picked()), params
 
     def _chunk_pick(
         self,
@@ -1013,7 +1020,12 @@ class SqlStorage:
     def _claim_picked(self, c: Connection, picked: str, params: dict[str, Any]) -> list[Any]:
         """Claim the jobs whose ids the ``WITH`` clause ``picked`` selects (``:name``
         parameters, with ``now`` and ``node``); return their rows (``CLAIM_COLUMNS``)."""
-        return self._claim_rows(c, picked + CLAIM_PICKED, params)
+        claim = CLAIM_PICKED.format(in_picked=self._in_picked())
+        return self._claim_rows(c, picked + claim, params)
+
+    def _in_picked(self) -> str:
+        """Return the condition that a row's id is in the ``picked`` table."""
+        return "id IN (SELECT id FROM picked)"
 
     def _claim_rows(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
         """Run a claiming statement (``:name`` parameters); return its rows. Adapters run it

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, create_engine
+from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -37,12 +37,21 @@ CHANNEL = "flowpro_jobs"
 # and the connection-level classes (the pool reconnects on the next checkout).
 TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "08000", "08003", "08006", "08001", "08004"}
 
+# Claimed rows are updated by their ids as an array: one index probe each, whatever the
+# planner makes of a join to the CTE.
+IN_PICKED = "id = ANY(ARRAY(SELECT id FROM picked))"
+# Set on every connection flowpro opens. Its statements touch a few rows by key, in a working
+# set that is cached; with the default random_page_cost (4, for spinning disks) the planner
+# reckoned a sequential scan of a table of some thousands of rows cheaper than a hundred
+# primary-key probes, and the ack of a 100-job chunk read the whole table (4.8 ms against
+# 2.3 ms, EXPLAIN ANALYZE on 10,000 jobs). 1.1 is PostgreSQL's advice for SSDs.
+SESSION_SETTINGS = "SET random_page_cost = 1.1"
 _CLAIM = (
     "WITH picked AS (SELECT id FROM flowpro_jobs WHERE state = 'available' {queue} "
     "ORDER BY priority, scheduled_at, id LIMIT %(demand)s FOR UPDATE SKIP LOCKED) "
-    "UPDATE flowpro_jobs AS j SET state = 'executing', attempt = j.attempt + 1, "
-    "attempted_at = %(now)s, attempted_by = %(node)s FROM picked WHERE j.id = picked.id "
-    "RETURNING " + ", ".join(f"j.{c.strip()}" for c in CLAIM_COLUMNS.split(","))
+    "UPDATE flowpro_jobs SET state = 'executing', attempt = attempt + 1, "
+    f"attempted_at = %(now)s, attempted_by = %(node)s WHERE {IN_PICKED} "
+    f"RETURNING {CLAIM_COLUMNS}"
 )
 CLAIM_QUEUE = _CLAIM.format(queue="AND queue = %(queue)s")
 CLAIM_ANY = _CLAIM.format(queue="")
@@ -148,6 +157,14 @@ def engine_url(url: str) -> Any:
     return parsed.set(drivername="postgresql+psycopg")
 
 
+def _apply_session_settings(conn: Any) -> None:
+    """Run ``SESSION_SETTINGS`` on a new psycopg connection, leaving no transaction open."""
+    with conn.cursor() as cur:
+        cur.execute(SESSION_SETTINGS)
+    if not conn.autocommit:
+        conn.commit()
+
+
 class PostgresStorage(SqlStorage):
     """The distributed engine: any number of nodes on any number of hosts share one database.
 
@@ -170,6 +187,11 @@ class PostgresStorage(SqlStorage):
         engine = create_engine(
             sa_url, pool_size=pool_size, max_overflow=pool_size, json_deserializer=loads
         )
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            _apply_session_settings(dbapi_conn)
+
         super().__init__(url, engine)
         self.synchronous_acks = synchronous_acks
         self._conninfo = sa_url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -307,6 +329,9 @@ class PostgresStorage(SqlStorage):
 
     def _skip_locked(self) -> str:
         return " FOR UPDATE SKIP LOCKED"
+
+    def _in_picked(self) -> str:
+        return IN_PICKED
 
     def _fetch(
         self,
@@ -490,6 +515,7 @@ class PostgresStorage(SqlStorage):
             from psycopg.types.json import set_json_loads
 
             raw = psycopg.connect(self._conninfo)
+            _apply_session_settings(raw)
             set_json_loads(loads, raw)
             self._local.conn = raw
             with self._hot_lock:

@@ -1,0 +1,115 @@
+"""SQLite only: how one process's writers take turns, and who checkpoints the WAL."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import flowpro
+from flowpro.storage.sqlite import SQLiteStorage, _Watcher
+from tests.storage.helpers import new_job
+
+
+def test_storages_of_one_file_share_a_write_lock_and_other_files_have_their_own(tmp_path):
+    first = SQLiteStorage(f"sqlite:///{tmp_path}/a.db")
+    same = SQLiteStorage(f"sqlite:///{tmp_path}/../{tmp_path.name}/a.db")
+    other = SQLiteStorage(f"sqlite:///{tmp_path}/b.db")
+    try:
+        assert first._write_gate() is same._write_gate()
+        assert first._write_gate() is not other._write_gate()
+    finally:
+        for storage in (first, same, other):
+            storage.close()
+
+
+def test_writers_of_two_storages_on_one_file_take_turns_without_losing_a_write(tmp_path):
+    url = f"sqlite:///{tmp_path}/turns.db"
+    apps = [flowpro.FlowPro(url), flowpro.FlowPro(url)]
+    apps[0].migrate()
+    errors: list[BaseException] = []
+
+    def insert(app: flowpro.FlowPro, start: int) -> None:
+        try:
+            for i in range(start, start + 100):
+                app.storage.insert_jobs([new_job({"i": i})])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=insert, args=(apps[n % 2], n * 100)) for n in range(6)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seen = sorted(j.args["i"] for j in apps[1].list_jobs(limit=1_000))
+    finally:
+        for app in apps:
+            app.close()
+
+    assert errors == []
+    assert seen == list(range(600))
+
+
+def _wal_size(path: Path) -> int:
+    wal = Path(f"{path}-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def _write_pages(conn: sqlite3.Connection, rows: int) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany("INSERT INTO t (x) VALUES (?)", [(os.urandom(500),) for _ in range(rows)])
+    conn.execute("COMMIT")
+
+
+def test_the_watcher_checkpoints_the_wal_so_writers_reuse_it_instead_of_growing_it(tmp_path):
+    # The writer never checkpoints itself (wal_autocheckpoint=0). A WAL that was checkpointed
+    # is written again from its start, so a second batch of writes leaves its size as it was;
+    # without a checkpoint the second batch is appended and the file grows.
+    path = tmp_path / "wal.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (x BLOB)")
+    wakes: list[int] = []
+    watcher = _Watcher(str(path), lambda: wakes.append(1), checkpoint_every=0.01)
+    watcher.start()
+    try:
+        _write_pages(writer, 400)
+        before = _wal_size(path)
+        deadline = time.monotonic() + 5
+        while not wakes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # a few watcher rounds: the checkpoint follows the wake-up
+        _write_pages(writer, 400)
+        after = _wal_size(path)
+    finally:
+        watcher.stop()
+        writer.close()
+
+    assert wakes, "the watcher saw no commit"
+    assert before > 200_000
+    assert after <= before * 1.1
+
+
+def test_without_the_watcher_the_same_writes_grow_the_wal(tmp_path):
+    # The control for the test above: the size check can fail.
+    path = tmp_path / "wal.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (x BLOB)")
+    try:
+        _write_pages(writer, 400)
+        before = _wal_size(path)
+        time.sleep(0.2)
+        _write_pages(writer, 400)
+        after = _wal_size(path)
+    finally:
+        writer.close()
+
+    assert after > before * 1.5
