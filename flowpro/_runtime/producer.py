@@ -208,13 +208,16 @@ class Producer:
         self._event.set()
 
     def _claim_chunks(self, demand: int) -> int:
-        """Claim ready chunks into free slots; return how many slots they took."""
+        """Claim ready chunks into free slots, writing the acks waiting so far in the same
+        transaction (one commit a round); return how many slots the chunks took."""
         taken = 0
         for cls in self.chunk_workers:
             if taken >= demand:
                 break
             now = self.clock()
             with self._lock:
+                acks, self._acks = self._acks, []
+                self._writing = {ack.id for ack in acks}
                 self._calling_since = now
             try:
                 # Every free slot at once: one transaction, one statement per chunk.
@@ -226,13 +229,19 @@ class Producer:
                     node=self.node,
                     now=now,
                     count=demand - taken,
+                    acks=acks,
                 )
+            except BaseException:
                 with self._lock:
-                    for chunk in chunks:
-                        self._running[chunk.ids[0]] = _Running(None, None, chunk)
-            finally:
-                with self._lock:
+                    self._acks[:0] = acks  # nothing was written: keep them, in order
+                    self._writing = set()
                     self._calling_since = None
+                raise
+            with self._lock:
+                for chunk in chunks:
+                    self._running[chunk.ids[0]] = _Running(None, None, chunk)
+                self._writing = set()
+                self._calling_since = None
             for chunk in chunks:
                 self.executor.submit_chunk(chunk, functools.partial(self._done_chunk, chunk))
             taken += len(chunks)

@@ -834,13 +834,19 @@ class SqlStorage:
         node: str,
         now: datetime,
         count: int,
+        acks: Sequence[Ack] = (),
     ) -> list[ClaimedChunk]:
-        """Claim up to ``count`` chunks (see ``fetch_chunk``) in one transaction: one
-        statement each, until none is ready. Rows become Jobs when the chunk is run."""
+        """Write ``acks`` (with what follows from them), then claim up to ``count`` chunks (see
+        ``fetch_chunk``), one statement each until none is ready, all in one transaction: a
+        producer of chunks commits once a round. Rows become Jobs when the chunk is run."""
         picked, params = self._chunk_pick(queue, worker, size, ready_before, node, now)
         decode = functools.partial(self._claimed_jobs, node=node, now=now)
+        released: list[str] = []
 
         def run(c: Connection) -> list[ClaimedChunk]:
+            released.clear()
+            if acks:
+                graph.after_ack(self, c, acks, self._ack(c, acks), released)
             chunks: list[ClaimedChunk] = []
             while len(chunks) < count:
                 rows = self._claim_picked(c, picked, params)
@@ -849,7 +855,10 @@ class SqlStorage:
                 chunks.append(ClaimedChunk(rows, decode))
             return chunks
 
-        return self._write(run, what="fetch_chunk")
+        chunks = self._write(run, what="fetch_chunk")
+        if released:
+            self._wake_local(released)
+        return chunks
 
     def _claimed_jobs(self, rows: Sequence[Sequence[Any]], node: str, now: datetime) -> list[Job]:
         """Return claimed rows (``CLAIM_COLUMNS``) as the executing Jobs they became, in claim

@@ -141,8 +141,10 @@ class Storage(Protocol):
         node: str,
         now: datetime,
         count: int,
+        acks: Sequence[Ack] = (),
     ) -> list[ClaimedChunk]:
-        """Claim up to ``count`` ready chunks of ``worker`` in one transaction."""
+        """Write ``acks`` (as ``ack_jobs`` does, follow-ups included), then claim up to
+        ``count`` ready chunks of ``worker``, all in one transaction."""
 
     def ack_jobs(self, acks: Sequence[Ack]) -> list[int]:
         """Write outcomes back, fenced by (id, attempt); return the ids that applied."""

@@ -457,29 +457,45 @@ class PostgresStorage(SqlStorage):
         node: str,
         now: datetime,
         count: int,
+        acks: Sequence[Ack] = (),
     ) -> list[ClaimedChunk]:
-        """Claim up to ``count`` chunks in one transaction, one statement each, on the calling
-        thread's own connection: the first statement alone, and when it found a chunk, the
-        other ``count - 1`` in one pipelined round trip with the commit (each sees the rows
-        the ones before it claimed, so no job is in two chunks). Chunks are handed out only
-        once committed, so acks are written apart, while the chunks run."""
+        """Write ``acks``, then claim up to ``count`` chunks, in one transaction, one statement
+        each, on the calling thread's own connection: the acks and the first claim in one
+        pipelined round trip, and when it found a chunk, the other ``count - 1`` in a second
+        one with the commit (each sees the rows the ones before it claimed, so no job is in two
+        chunks). Acks of workflow steps and batch members have follow-ups written in Python:
+        they take the general path."""
+        if any(ack.graph or ack.batch for ack in acks):
+            return super().fetch_chunk_many(
+                queue,
+                worker,
+                size=size,
+                ready_before=ready_before,
+                node=node,
+                now=now,
+                count=count,
+                acks=acks,
+            )
         sql, params = self._chunk_claim(queue, worker, size, ready_before, node, now)
         sql = _pyformat(sql)
         found = self._on_hot_connection(
-            lambda raw: self._chunk_rounds(raw, sql, params, count), what="fetch_chunk"
+            lambda raw: self._chunk_rounds(raw, sql, params, count, acks), what="fetch_chunk"
         )
         decode = functools.partial(self._claimed_jobs, node=node, now=now)
         return [ClaimedChunk(rows, decode) for rows in found]
 
     def _chunk_rounds(
-        self, raw: Any, sql: str, params: dict[str, Any], count: int
+        self, raw: Any, sql: str, params: dict[str, Any], count: int, acks: Sequence[Ack]
     ) -> list[list[Any]]:
         first = raw.cursor(binary=True)
         more: list[Any] = []
+        ack_curs = [(raw.cursor(), statement) for statement in self._ack_statements(acks)]
         try:
             with raw.pipeline():
                 if not self.synchronous_acks:
                     first.execute(ASYNC_COMMIT)
+                for cur, (ack_sql, ack_params) in ack_curs:
+                    cur.execute(ack_sql, ack_params)
                 first.execute(sql, params)
             found: list[list[Any]] = []
             rows = first.fetchall()
@@ -506,6 +522,8 @@ class PostgresStorage(SqlStorage):
         finally:
             first.close()
             for cur in more:
+                cur.close()
+            for cur, _statement in ack_curs:
                 cur.close()
 
     def _hot_connection(self) -> Any:

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 import flowpro
 from flowpro import Batch, ChunkResult, ChunkWorker
 from flowpro.codecs import encrypted as codec
-from flowpro.job import JobState, utcnow
+from flowpro.job import Ack, JobState, utcnow
 from flowpro.storage.base import Storage
 from tests.conftest import eventually
 from tests.runtime.nodes import another_app, running
@@ -440,6 +440,56 @@ def test_drain_of_another_queue_leaves_chunks_alone(fp):
     assert fp.drain(queue="slowchunks") == {"completed": 1}
     assert chunks_of("plain") == []
     assert states(fp, Plain) == Counter(available=3)
+
+
+def claim_chunks(fp: flowpro.FlowPro, worker: type[ChunkWorker], count: int, acks=()) -> list:
+    storage: Storage = fp.storage
+    return storage.fetch_chunk_many(
+        worker.queue,
+        worker.__flowpro_name__,
+        size=worker.chunk_size,
+        ready_before=None,
+        node="t",
+        now=utcnow(),
+        count=count,
+        acks=acks,
+    )
+
+
+def test_a_chunk_claim_writes_the_acks_handed_to_it_in_the_same_transaction(fp):
+    # A producer of chunks hands its waiting acks to its next claim: one commit a round.
+    # The acks are fenced as always: one of an attempt that was handed back is not applied.
+    fp.insert_all([ByAccount.new({"account": "a"}) for _ in range(4)])
+    [done] = claim_chunks(fp, ByAccount, 1)
+    jobs = done.jobs()
+    stale = jobs[0]
+    fp.storage.hand_back_jobs("t", [stale.id], now=utcnow())
+    more = fp.insert_all([ByAccount.new({"account": "b"}) for _ in range(4)])
+    at = utcnow()
+    acks = [Ack(j.id, j.attempt, JobState.COMPLETED, at) for j in jobs]
+
+    chunks = claim_chunks(fp, ByAccount, 3, acks)
+
+    assert [fp.get_job(j.id).state for j in jobs[1:]] == [JobState.COMPLETED] * 3
+    assert sorted(i for c in chunks for i in c.ids) == sorted([stale.id] + [j.id for j in more])
+    assert all(fp.get_job(i).state == JobState.EXECUTING for c in chunks for i in c.ids)
+
+
+def test_batch_members_acked_by_a_chunk_claim_still_insert_their_callback(fp):
+    batch = Batch([Notify.new({"n": i}) for i in range(3)])
+    fp.insert(batch)
+    [chunk] = claim_chunks(fp, Notify, 1)
+    at = utcnow()
+    acks = [
+        Ack(j.id, j.attempt, JobState.COMPLETED, at, graph=True, batch=True) for j in chunk.jobs()
+    ]
+
+    claim_chunks(fp, Notify, 1, acks)
+
+    callbacks = [j for j in fp.list_jobs(worker=Notify) if j.meta.get("callback")]
+    assert [(j.meta["callback"], j.state) for j in callbacks] == [
+        ("completed", JobState.AVAILABLE)
+    ]
 
 
 def test_a_batch_of_chunk_jobs_runs_its_callback_on_the_chunk_worker(fp):
