@@ -897,19 +897,6 @@ class SqlStorage:
         jobs.sort(key=_claim_order)
         return jobs
 
-    def _chunk_claim(
-        self,
-        queue: str | None,
-        worker: str,
-        size: int,
-        ready_before: datetime | None,
-        node: str,
-        now: datetime,
-    ) -> tuple[str, dict[str, Any]]:
-        """Return the statement (``:name`` parameters) that claims one ready chunk."""
-        picked, params = self._chunk_pick(queue, worker, size, ready_before, node, now)
-        return picked + CLAIM_PICKED.format(in_picked=self._in_picked()), params
-
     def _chunk_pick(
         self,
         queue: str | None,
@@ -1029,8 +1016,12 @@ class SqlStorage:
     def _claim_picked(self, c: Connection, picked: str, params: dict[str, Any]) -> list[Any]:
         """Claim the jobs whose ids the ``WITH`` clause ``picked`` selects (``:name``
         parameters, with ``now`` and ``node``); return their rows (``CLAIM_COLUMNS``)."""
-        claim = CLAIM_PICKED.format(in_picked=self._in_picked())
-        return self._claim_rows(c, picked + claim, params)
+        return self._claim_rows(c, picked + self._picked_claim(), params)
+
+    def _picked_claim(self) -> str:
+        """Return the UPDATE that claims the rows of a ``picked`` table (``:name``
+        parameters ``now`` and ``node``), returning ``CLAIM_COLUMNS``."""
+        return CLAIM_PICKED.format(in_picked=self._in_picked())
 
     def _in_picked(self) -> str:
         """Return the condition that a row's id is in the ``picked`` table."""

@@ -476,8 +476,8 @@ class PostgresStorage(SqlStorage):
                 count=count,
                 acks=acks,
             )
-        sql, params = self._chunk_claim(queue, worker, size, ready_before, node, now)
-        sql = _pyformat(sql)
+        picked, params = self._chunk_pick(queue, worker, size, ready_before, node, now)
+        sql = _pyformat(picked + self._picked_claim())
         found = self._on_hot_connection(
             lambda raw: self._chunk_rounds(raw, sql, params, count, acks), what="fetch_chunk"
         )

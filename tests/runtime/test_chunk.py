@@ -487,9 +487,7 @@ def test_batch_members_acked_by_a_chunk_claim_still_insert_their_callback(fp):
     claim_chunks(fp, Notify, 1, acks)
 
     callbacks = [j for j in fp.list_jobs(worker=Notify) if j.meta.get("callback")]
-    assert [(j.meta["callback"], j.state) for j in callbacks] == [
-        ("completed", JobState.AVAILABLE)
-    ]
+    assert [(j.meta["callback"], j.state) for j in callbacks] == [("completed", JobState.AVAILABLE)]
 
 
 def test_a_batch_of_chunk_jobs_runs_its_callback_on_the_chunk_worker(fp):

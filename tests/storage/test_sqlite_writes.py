@@ -38,9 +38,7 @@ def test_writers_of_two_storages_on_one_file_take_turns_without_losing_a_write(t
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [
-        threading.Thread(target=insert, args=(apps[n % 2], n * 100)) for n in range(6)
-    ]
+    threads = [threading.Thread(target=insert, args=(apps[n % 2], n * 100)) for n in range(6)]
     try:
         for thread in threads:
             thread.start()
