@@ -126,13 +126,30 @@ _FILE_LOCKS: dict[str, threading.RLock] = {}
 _FILE_LOCKS_LOCK = threading.Lock()
 
 
-def _file_lock(database: str) -> threading.RLock:
-    """Return this process's write lock of ``database`` (a new one for an in-memory one)."""
+def _lock_key(database: str) -> str | None:
+    """Return the key of a database file's lock, or None for an in-memory database."""
     if not database or database == ":memory:" or database.startswith("file:"):
-        return threading.RLock()
-    key = os.path.realpath(os.path.expanduser(database))
-    with _FILE_LOCKS_LOCK:
-        return _FILE_LOCKS.setdefault(key, threading.RLock())
+        return None
+    return os.path.realpath(os.path.expanduser(database))
+
+
+def _file_lock(key: str) -> threading.RLock:
+    """Return this process's write lock of the database file ``key``."""
+    lock = _FILE_LOCKS.get(key)
+    if lock is None:
+        with _FILE_LOCKS_LOCK:
+            lock = _FILE_LOCKS.setdefault(key, threading.RLock())
+    return lock
+
+
+def _fresh_locks_after_fork() -> None:
+    # A child forked while another thread held a lock would inherit it held, for ever.
+    global _FILE_LOCKS_LOCK
+    _FILE_LOCKS_LOCK = threading.Lock()
+    _FILE_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_after_fork)
 
 
 class SQLiteStorage(SqlStorage):
@@ -181,10 +198,12 @@ class SQLiteStorage(SqlStorage):
         super().__init__(url, engine)
         self._database = database
         self._watcher: _Watcher | None = None
-        self._gate = _file_lock(database)
+        self._lock_key = _lock_key(database)
+        self._memory_gate = threading.RLock()  # an in-memory database is this storage's alone
 
     def _write_gate(self) -> threading.RLock:
-        return self._gate
+        # Looked up each time, so that a forked child uses its own fresh locks.
+        return self._memory_gate if self._lock_key is None else _file_lock(self._lock_key)
 
     # Dialect hooks
 

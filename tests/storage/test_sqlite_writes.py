@@ -25,6 +25,32 @@ def test_storages_of_one_file_share_a_write_lock_and_other_files_have_their_own(
             storage.close()
 
 
+def test_a_child_forked_while_a_thread_writes_gets_a_free_write_lock(tmp_path):
+    storage = SQLiteStorage(f"sqlite:///{tmp_path}/fork.db")
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with storage._write_gate():
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    held.wait(5)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: the lock its parent's thread holds must not be held here
+            got = storage._write_gate().acquire(timeout=2)
+            os._exit(0 if got else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        thread.join()
+        storage.close()
+
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_writers_of_two_storages_on_one_file_take_turns_without_losing_a_write(tmp_path):
     url = f"sqlite:///{tmp_path}/turns.db"
     apps = [flowpro.FlowPro(url), flowpro.FlowPro(url)]
