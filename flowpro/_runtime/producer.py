@@ -207,6 +207,23 @@ class Producer:
         self._chunk_wanted = True
         self._event.set()
 
+    def _begin_call(self, now: datetime) -> list[Ack]:
+        """Take the waiting acks for a database call made at ``now``; until ``_end_call``,
+        ``held()`` counts them and anything the call claims as this node's."""
+        with self._lock:
+            acks, self._acks = self._acks, []
+            self._writing = {ack.id for ack in acks}
+            self._calling_since = now
+        return acks
+
+    def _end_call(self, unwritten: list[Ack] | None = None) -> None:
+        """End a database call; ``unwritten`` acks (the call failed) wait again, in order."""
+        with self._lock:
+            if unwritten:
+                self._acks[:0] = unwritten
+            self._writing = set()
+            self._calling_since = None
+
     def _claim_chunks(self, demand: int) -> int:
         """Claim ready chunks into free slots, writing the acks waiting so far in the same
         transaction (one commit a round); return how many slots the chunks took."""
@@ -215,10 +232,7 @@ class Producer:
             if taken >= demand:
                 break
             now = self.clock()
-            with self._lock:
-                acks, self._acks = self._acks, []
-                self._writing = {ack.id for ack in acks}
-                self._calling_since = now
+            acks = self._begin_call(now)
             try:
                 # Every free slot at once: one transaction, one statement per chunk.
                 chunks = self.storage.fetch_chunk_many(
@@ -232,16 +246,12 @@ class Producer:
                     acks=acks,
                 )
             except BaseException:
-                with self._lock:
-                    self._acks[:0] = acks  # nothing was written: keep them, in order
-                    self._writing = set()
-                    self._calling_since = None
+                self._end_call(unwritten=acks)
                 raise
             with self._lock:
                 for chunk in chunks:
                     self._running[chunk.ids[0]] = _Running(None, None, chunk)
-                self._writing = set()
-                self._calling_since = None
+            self._end_call()
             for chunk in chunks:
                 self.executor.submit_chunk(chunk, functools.partial(self._done_chunk, chunk))
             taken += len(chunks)
@@ -363,10 +373,7 @@ class Producer:
             linger_until = None
             if pending or fetch:
                 now = self.clock()
-                with self._lock:
-                    acks, self._acks = self._acks, []
-                    self._writing = {ack.id for ack in acks}
-                    self._calling_since = now
+                acks = self._begin_call(now)
                 try:
                     _applied, jobs = self.storage.ack_and_fetch(
                         acks,
@@ -377,10 +384,7 @@ class Producer:
                         exclude=self._exclude,
                     )
                 except Exception as exc:
-                    with self._lock:
-                        self._acks[:0] = acks  # nothing was written: keep them, in order
-                        self._writing = set()
-                        self._calling_since = None
+                    self._end_call(unwritten=acks)
                     failures += 1
                     delay = min(0.1 * 2**failures, 5.0)
                     log.warning(
@@ -405,9 +409,7 @@ class Producer:
                     now_ready = time.monotonic()
                     self._start(jobs[:free])
                     self._ready.extend((job, now_ready) for job in jobs[free:])
-                with self._lock:
-                    self._writing = set()
-                    self._calling_since = None
+                self._end_call()
                 continue
             if self._halted:
                 return

@@ -50,6 +50,13 @@ INSERT_COLUMNS = (
 TERMINAL = "('completed', 'cancelled', 'discarded')"
 # The states the state index holds: all but the two every claim and ack moves a job between.
 NOT_MOVING = "state NOT IN ('available', 'executing')"
+# Jobs of :queues runnable at :now or executing, one part per index (claim, executing, stage)
+# so that each is read through its index.
+PENDING = (
+    "state = 'available' AND queue IN :queues",
+    "state = 'executing' AND queue IN :queues",
+    "state IN ('scheduled', 'retryable') AND scheduled_at <= :now AND queue IN :queues",
+)
 _STATES = {state.value: state for state in JobState}
 
 # The SET clause of an ack; `v` names the ack's values. Only the fields the outcome changes are
@@ -306,25 +313,16 @@ class SqlStorage:
 
     def count_pending(self, queues: Sequence[str], *, now: datetime) -> int:
         """Count jobs of the queues that are runnable now or executing."""
-        # One count per index (claim, executing, stage), each read through its index.
-        sql = (
-            "SELECT (SELECT count(*) FROM flowpro_jobs WHERE state = 'available' "
-            "AND queue IN :queues) + (SELECT count(*) FROM flowpro_jobs "
-            "WHERE state = 'executing' AND queue IN :queues) + (SELECT count(*) "
-            "FROM flowpro_jobs WHERE state IN ('scheduled', 'retryable') "
-            "AND scheduled_at <= :now AND queue IN :queues)"
+        sql = "SELECT " + " + ".join(
+            f"(SELECT count(*) FROM flowpro_jobs WHERE {p})" for p in PENDING
         )
         return int(self._queues_scalar(sql, queues, now, what="count_pending"))
 
     def has_pending(self, queues: Sequence[str], *, now: datetime) -> bool:
         """Return whether a job of the queues is runnable now or executing: the idle check of
         ``run(until_idle=True)``, a few index probes however many jobs are queued."""
-        sql = (
-            "SELECT EXISTS (SELECT 1 FROM flowpro_jobs WHERE state = 'available' "
-            "AND queue IN :queues) OR EXISTS (SELECT 1 FROM flowpro_jobs "
-            "WHERE state = 'executing' AND queue IN :queues) OR EXISTS (SELECT 1 "
-            "FROM flowpro_jobs WHERE state IN ('scheduled', 'retryable') "
-            "AND scheduled_at <= :now AND queue IN :queues)"
+        sql = "SELECT " + " OR ".join(
+            f"EXISTS (SELECT 1 FROM flowpro_jobs WHERE {p})" for p in PENDING
         )
         return bool(self._queues_scalar(sql, queues, now, what="has_pending"))
 
@@ -884,9 +882,9 @@ class SqlStorage:
                 dt(row[10]),  # type: ignore[arg-type]
                 dt(row[11]),  # type: ignore[arg-type]
                 at,
-                None if row[12] is None else dt(row[12]),
-                None if row[13] is None else dt(row[13]),
-                None if row[14] is None else dt(row[14]),
+                dt(row[12]),
+                dt(row[13]),
+                dt(row[14]),
                 None if row[15] is None else bytes(row[15]),
                 row[16],
                 row[17],
@@ -1007,6 +1005,12 @@ class SqlStorage:
 
     def _notify_in_tx(self, c: Connection, queues: Sequence[str]) -> None:
         """Tell other nodes about available jobs when the transaction commits."""
+
+    @staticmethod
+    def _cursor(c: Connection) -> contextlib.closing[Any]:
+        """Return a cursor of the driver's own connection under ``c``, closed on exit: hot
+        statements skip SQLAlchemy's per-statement work."""
+        return contextlib.closing(c.connection.driver_connection.cursor())  # type: ignore[union-attr]
 
     def _rows(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
         """Run a statement (``:name`` parameters) in the transaction; return its rows. SQLite

@@ -229,8 +229,7 @@ class PostgresStorage(SqlStorage):
             return None
         at = job.resolve_scheduled_at(now)
         state = JobState.AVAILABLE if at <= now else JobState.SCHEDULED
-        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with self._cursor(c) as cur:
             cur.execute(
                 INSERT_ONE,
                 {
@@ -249,32 +248,23 @@ class PostgresStorage(SqlStorage):
             job_id = cur.fetchone()[0]
             if state is JobState.AVAILABLE:
                 cur.execute(NOTIFY, {"queues": [job.queue]})
-        finally:
-            cur.close()
         return [self._saved(job, job_id, now, state)]
 
     def _reserve_ids(self, c: Connection, count: int) -> list[int]:
-        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with self._cursor(c) as cur:
             cur.execute(NEXT_IDS, {"n": count})
             return [row[0] for row in cur.fetchall()]
-        finally:
-            cur.close()
 
     def _write_jobs(self, c: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        if len(rows) >= COPY_FROM:
-            # COPY streams rows with the driver's C encoder: several times faster than binding
-            # arrays, whose elements are escaped one by one in Python.
-            try:
+        with self._cursor(c) as cur:
+            if len(rows) >= COPY_FROM:
+                # COPY streams rows with the driver's C encoder: several times faster than
+                # binding arrays, whose elements are escaped one by one in Python.
                 with cur.copy(COPY_JOBS) as copy:
                     for row in rows:
                         copy.write_row((*row[:7], "[]", 0, *row[7:]))
-            finally:
-                cur.close()
-            return
-        columns = list(zip(*rows, strict=True))
-        try:
+                return
+            columns = list(zip(*rows, strict=True))
             cur.execute(
                 INSERT_MANY,
                 {
@@ -296,27 +286,19 @@ class PostgresStorage(SqlStorage):
                     "chunks": list(columns[15]),
                 },
             )
-        finally:
-            cur.close()
 
     def _write_deps(self, c: Connection, edges: Sequence[tuple[int, int]]) -> None:
-        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with self._cursor(c) as cur:
             cur.execute(
                 "INSERT INTO flowpro_deps (job_id, dep_id) "
                 "SELECT * FROM unnest(%(a)s::bigint[], %(b)s::bigint[])",
                 {"a": [e[0] for e in edges], "b": [e[1] for e in edges]},
             )
-        finally:
-            cur.close()
 
     def _notify_in_tx(self, c: Connection, queues: Sequence[str]) -> None:
         # NOTIFY inside the transaction: delivered on commit, also the caller's transaction's.
-        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with self._cursor(c) as cur:
             cur.execute(NOTIFY, {"queues": list(queues)})
-        finally:
-            cur.close()
 
     def _claim_rows(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
         return self._pipelined(c, _pyformat(sql), params)
@@ -600,11 +582,8 @@ class PostgresStorage(SqlStorage):
         self._wake_local(queues)
 
         def run(c: Connection) -> None:
-            cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            try:
+            with self._cursor(c) as cur:
                 cur.execute(NOTIFY, {"queues": list(queues)})
-            finally:
-                cur.close()
 
         try:
             self._write(run, what="notify")

@@ -258,29 +258,20 @@ class SQLiteStorage(SqlStorage):
     # Inserting, claiming, acking
 
     def _reserve_ids(self, c: Connection, count: int) -> list[int]:
-        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with self._cursor(c) as cur:
             # Like nextval: move the AUTOINCREMENT sequence on by `count` and take those ids,
             # so an encrypted job's ciphertext can be bound to its id before it is written.
             cur.execute(ENSURE_SEQUENCE)
             last: int = cur.execute(RESERVE_IDS, (count,)).fetchone()[0]
-        finally:
-            cur.close()
         return list(range(last - count + 1, last + 1))
 
     def _write_deps(self, c: Connection, edges: Sequence[tuple[int, int]]) -> None:
-        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with self._cursor(c) as cur:
             cur.executemany("INSERT INTO flowpro_deps (job_id, dep_id) VALUES (?, ?)", edges)
-        finally:
-            cur.close()
 
     def _write_jobs(self, c: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with self._cursor(c) as cur:
             cur.executemany(INSERT, rows)
-        finally:
-            cur.close()
 
     def _fetch(
         self,
@@ -304,8 +295,7 @@ class SQLiteStorage(SqlStorage):
         return self._claimed_jobs(self._claim_picked(c, sql, params), node, now)
 
     def _claim_picked(self, c: Connection, picked: str, params: dict[str, Any]) -> list[Any]:
-        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with self._cursor(c) as cur:
             rows: list[list[Any]] = loads(cur.execute(picked + PICKED_ROWS, params).fetchone()[0])
             if not rows:
                 return rows
@@ -313,8 +303,6 @@ class SQLiteStorage(SqlStorage):
             cur.execute(CLAIM_IDS, {"ids": ids, "now": params["now"], "node": params["node"]})
             if cur.rowcount != len(rows):  # pragma: no cover - the transaction writes alone
                 raise StorageError(f"claimed {cur.rowcount} of the {len(rows)} picked jobs")
-        finally:
-            cur.close()
         for row in rows:
             row[7] += 1  # the attempt this claim started
             if row[15] is not None:
@@ -322,11 +310,8 @@ class SQLiteStorage(SqlStorage):
         return rows
 
     def _rows(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
-        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with self._cursor(c) as cur:
             rows: list[Any] = cur.execute(sql, params).fetchall()
-        finally:
-            cur.close()
         return rows
 
     def _ack(self, c: Connection, acks: Sequence[Ack]) -> list[tuple[int, str | None, str | None]]:
@@ -355,8 +340,7 @@ class SQLiteStorage(SqlStorage):
             params += (ack.id, ack.attempt)
         params.append(ts(at))  # after the values, as in the statement
         rows = ", ".join(["(?, ?)"] * len(acks))
-        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with self._cursor(c) as cur:
             # Usually every job applies and none is in a workflow or batch: then one statement
             # that returns no rows (see the claims for why rows cost). Otherwise it is undone
             # and the statement that names what applied and what follows from it runs.
@@ -367,8 +351,6 @@ class SQLiteStorage(SqlStorage):
                 return [(ack.id, None, None) for ack in acks]
             cur.execute("ROLLBACK TO flowpro_complete")
             cur.execute("RELEASE flowpro_complete")
-        finally:
-            cur.close()
         return self._applied(c, COMPLETE_MANY.format(rows=rows), params)
 
     def _ack_rows(
@@ -393,11 +375,8 @@ class SQLiteStorage(SqlStorage):
         self, c: Connection, sql: str, params: list[Any]
     ) -> list[tuple[int, str | None, str | None]]:
         """Run an ack statement on the driver's cursor; return its (id, workflow, batch) rows."""
-        cur = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with self._cursor(c) as cur:
             rows = cur.execute(sql, params).fetchall()
-        finally:
-            cur.close()
         return [(row[0], row[1], row[2]) for row in rows]
 
 
