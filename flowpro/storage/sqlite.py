@@ -404,6 +404,8 @@ class _Watcher(threading.Thread):
         self._interval = interval
         self._checkpoint_every = checkpoint_every
         self._stopped = threading.Event()
+        #: Set once the first data_version is read: commits after this wake the callback.
+        self.watching = threading.Event()
 
     def run(self) -> None:
         try:
@@ -423,6 +425,7 @@ class _Watcher(threading.Thread):
                     self._callback()
                     written = True
                 last = version
+                self.watching.set()
                 if written and time.monotonic() >= next_checkpoint:
                     written = False
                     next_checkpoint = time.monotonic() + self._checkpoint_every

@@ -103,6 +103,8 @@ def test_the_watcher_checkpoints_the_wal_so_writers_reuse_it_instead_of_growing_
     watcher = _Watcher(str(path), lambda: wakes.append(1), checkpoint_every=0.01)
     watcher.start()
     try:
+        # Commits before the watcher's first look are its baseline, not a change: wait for it.
+        assert watcher.watching.wait(5), "the watcher never read the database"
         _write_pages(writer, 400)
         before = _wal_size(path)
         deadline = time.monotonic() + 5
