@@ -61,13 +61,13 @@ ACK_MANY = (
     "RETURNING flowpro_jobs.id, flowpro_jobs.workflow_id, flowpro_jobs.batch_id"
 )
 ACK_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
-# Plain completions sharing one time (a chunk's): two parameters a job.
+# Plain completions sharing one time (a chunk's): the time, then two parameters a job.
 # Joined by id (UPDATE ... FROM): "state = 'executing' AND (id, attempt) IN (VALUES ...)"
-# would walk the state index through every executing job.
+# would walk the state index through every executing job. No WITH clause: Python's sqlite3
+# (before 3.12) reports no rowcount for a statement that does not start with UPDATE.
 _COMPLETE = (
-    "WITH v(id, attempt) AS (VALUES {{rows}}) "
-    "UPDATE flowpro_jobs SET state = 'completed', completed_at = ? FROM v "
-    "WHERE flowpro_jobs.id = v.id AND flowpro_jobs.attempt = v.attempt "
+    "UPDATE flowpro_jobs SET state = 'completed', completed_at = ? FROM (VALUES {{rows}}) AS v "
+    "WHERE flowpro_jobs.id = v.column1 AND flowpro_jobs.attempt = v.column2 "
     "AND +flowpro_jobs.state = 'executing'{only}"
 )
 COMPLETE_MANY = _COMPLETE.format(
@@ -335,11 +335,13 @@ class SQLiteStorage(SqlStorage):
     def _complete_rows(
         self, c: Connection, at: datetime, acks: Sequence[Ack]
     ) -> list[tuple[int, str | None, str | None]]:
-        params: list[Any] = []
+        params: list[Any] = [ts(at)]  # before the values, as in the statement
         for ack in acks:
             params += (ack.id, ack.attempt)
-        params.append(ts(at))  # after the values, as in the statement
         rows = ", ".join(["(?, ?)"] * len(acks))
+        if any(ack.graph or ack.batch for ack in acks):
+            # Workflow steps or batch members: something follows, so their rows are needed.
+            return self._applied(c, COMPLETE_MANY.format(rows=rows), params)
         with self._cursor(c) as cur:
             # Usually every job applies and none is in a workflow or batch: then one statement
             # that returns no rows (see the claims for why rows cost). Otherwise it is undone

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import flowpro
+from flowpro.job import Ack, JobState, utcnow
 from flowpro.storage.sqlite import SQLiteStorage, _Watcher
 from tests.storage.helpers import new_job
 
@@ -139,3 +140,30 @@ def test_without_the_watcher_the_same_writes_grow_the_wal(tmp_path):
         writer.close()
 
     assert after > before * 1.5
+
+
+def test_a_chunks_plain_completions_take_one_statement_that_returns_no_rows(tmp_path, monkeypatch):
+    # The statement that returns (id, workflow, batch) rows is the fallback for completions
+    # where something follows; plain ones must not reach it (its row count decides).
+    storage = SQLiteStorage(f"sqlite:///{tmp_path}/complete.db")
+    storage.migrate()
+    fallbacks: list[str] = []
+    applied = SQLiteStorage._applied
+
+    def spy(self: SQLiteStorage, c: object, sql: str, params: list[object]) -> object:
+        fallbacks.append(sql)
+        return applied(self, c, sql, params)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SQLiteStorage, "_applied", spy)
+    try:
+        storage.insert_jobs([new_job({"i": i}) for i in range(20)])
+        now = utcnow()
+        jobs = storage.fetch_jobs("q", demand=20, node="n1", now=now)
+        done = storage.ack_jobs([Ack(j.id, j.attempt, JobState.COMPLETED, now) for j in jobs])
+        states = {j.state for j in storage.list_jobs(limit=100)}
+    finally:
+        storage.close()
+
+    assert sorted(done) == sorted(j.id for j in jobs)
+    assert states == {JobState.COMPLETED}
+    assert fallbacks == []
