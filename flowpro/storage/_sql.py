@@ -921,8 +921,10 @@ class SqlStorage:
         # The partition of the best available job is taken when it is ready (a bounded count,
         # cheap however long the queue); only otherwise are all partitions grouped to find one.
         sql = (
+            # The head is read from the claim index, in claim order: "IS TRUE" keeps the
+            # partition index (which would have to sort every ready job) out of the plan.
             f"WITH head AS (SELECT chunk_key, scheduled_at FROM flowpro_jobs WHERE {scope} "
-            "AND chunk_key IS NOT NULL ORDER BY priority, scheduled_at, id "
+            "AND (chunk_key IS NOT NULL) IS TRUE ORDER BY priority, scheduled_at, id "
             f"LIMIT 1{self._skip_locked()}), "
             f"fast AS (SELECT chunk_key FROM head WHERE {head_ready}), "
             "part AS (SELECT chunk_key FROM fast UNION ALL SELECT chunk_key FROM ("

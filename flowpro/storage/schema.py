@@ -103,11 +103,15 @@ Index(
     postgresql_where=text("workflow_id IS NOT NULL"),
     sqlite_where=text("workflow_id IS NOT NULL"),
 )
+# Chunk claims: a partition's jobs in claim order, read in order, never sorted.
 Index(
     "flowpro_jobs_chunk_idx",
     jobs.c.queue,
     jobs.c.worker,
     jobs.c.chunk_key,
+    jobs.c.priority,
+    jobs.c.scheduled_at,
+    jobs.c.id,
     postgresql_where=text("state = 'available' AND chunk_key IS NOT NULL"),
     sqlite_where=text("state = 'available' AND chunk_key IS NOT NULL"),
 )

@@ -120,6 +120,25 @@ def test_revision_0003_leaves_moving_states_out_of_the_state_index_and_undoes_it
     assert "available" in state_index(engine)
 
 
+def index_columns(engine: sa.Engine, name: str) -> list[str]:
+    found = [i for i in sa.inspect(engine).get_indexes("flowpro_jobs") if i["name"] == name]
+    assert len(found) == 1, f"no index {name}"
+    return list(found[0]["column_names"])
+
+
+def test_revision_0004_puts_the_claim_order_in_the_chunk_index_and_undoes_it(engine):
+    ordered = ["queue", "worker", "chunk_key", "priority", "scheduled_at", "id"]
+    migrate.upgrade(engine)
+    assert index_columns(engine, "flowpro_jobs_chunk_idx") == ordered
+
+    migrate.downgrade(engine, "0003")
+    assert index_columns(engine, "flowpro_jobs_chunk_idx") == ["queue", "worker", "chunk_key"]
+
+    migrate.upgrade(engine)
+    assert index_columns(engine, "flowpro_jobs_chunk_idx") == ordered
+    assert diffs(engine) == []
+
+
 def test_migrating_twice_changes_nothing(fp):
     job = fp.insert(flowpro.Worker.new({"kept": True}))
 
