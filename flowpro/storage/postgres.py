@@ -140,6 +140,33 @@ def _pyformat(sql: str) -> str:
     return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
 
 
+@functools.cache
+def _jsonb_bytes_loader() -> type:
+    """Return a psycopg loader that leaves binary jsonb undecoded, as the JSON text's bytes.
+
+    Chunk claims use it: their rows are decoded by the worker thread that runs the chunk
+    (``PostgresStorage._json_out``), while the producer is already waiting on its next call,
+    instead of by the producer as psycopg reads them.
+    """
+    from psycopg.adapt import Loader
+    from psycopg.pq import Format
+
+    class JsonbBytes(Loader):
+        format = Format.BINARY
+
+        def load(self, data: Any) -> bytes:
+            return bytes(data[1:])  # binary jsonb: a version byte (1), then the text
+
+    return JsonbBytes
+
+
+def _chunk_cursor(raw: Any) -> Any:
+    """Return a binary cursor whose jsonb columns come back as bytes (see above)."""
+    cur = raw.cursor(binary=True)
+    cur.adapters.register_loader("jsonb", _jsonb_bytes_loader())
+    return cur
+
+
 def _psycopg_transient(exc: BaseException) -> bool:
     import psycopg
 
@@ -207,6 +234,11 @@ class PostgresStorage(SqlStorage):
         if value is None or value.tzinfo is UTC:
             return value  # type: ignore[no-any-return]
         return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+    def _json_out(self, value: Any) -> Any:
+        # JSON columns arrive decoded, except from chunk claims (_chunk_cursor): JSON text's
+        # bytes there, and a decoded JSON value is never bytes.
+        return loads(value) if type(value) is bytes else value
 
     def _json_append(self, column: str, name: str) -> str:
         return f"{column} || jsonb_build_array(CAST(:{name} AS jsonb))"
@@ -469,7 +501,7 @@ class PostgresStorage(SqlStorage):
     def _chunk_rounds(
         self, raw: Any, sql: str, params: dict[str, Any], count: int, acks: Sequence[Ack]
     ) -> list[list[Any]]:
-        first = raw.cursor(binary=True)
+        first = _chunk_cursor(raw)
         more: list[Any] = []
         ack_curs = [(raw.cursor(), statement) for statement in self._ack_statements(acks)]
         try:
@@ -486,7 +518,7 @@ class PostgresStorage(SqlStorage):
             # Only when a chunk was ready: then the next ones usually are too, and when they
             # are not, the statements that find nothing cost one (grouping) scan each.
             if rows:
-                more = [raw.cursor(binary=True) for _ in range(count - 1)]
+                more = [_chunk_cursor(raw) for _ in range(count - 1)]
             with raw.pipeline():
                 for cur in more:
                     cur.execute(sql, params)

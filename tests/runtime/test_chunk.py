@@ -504,3 +504,19 @@ def test_a_batch_of_chunk_jobs_runs_its_callback_on_the_chunk_worker(fp):
     assert [len(c["ids"]) for c in chunks_of("notify")] == [5]
     assert [c["batch"] for c in chunks_of("notify-completed")] == [batch.batch_id]
     assert states(fp, Notify) == Counter(completed=6)
+
+
+def test_chunk_claims_return_each_jobs_json_columns_as_a_read_back_gives_them(fp):
+    # PostgreSQL hands a chunk claim's JSON columns over undecoded (the worker thread decodes
+    # them): nested, unicode and empty values must come out exactly as stored.
+    args = {"account": "a", "nested": {"list": [1, 2.5, None, True], "text": "żółw ✓"}}
+    meta = {"region": "eu", "n": [{"x": 1}]}
+    saved = fp.insert_all([ByAccount.new(args, meta=meta, tags=["t1", "é"]) for _ in range(3)])
+    [chunk] = claim_chunks(fp, ByAccount, 1)
+
+    jobs = chunk.jobs()
+
+    assert sorted(j.id for j in jobs) == sorted(j.id for j in saved)
+    assert jobs == [fp.get_job(j.id) for j in jobs]
+    assert all(j.args == args and j.meta["region"] == "eu" for j in jobs)
+    assert all(j.tags == ["t1", "é"] and j.errors == [] for j in jobs)
