@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import functools
 import logging
 import threading
@@ -15,7 +16,7 @@ from flowpro._runtime.executor import Executor, JobTimeout, fail
 from flowpro.errors import WorkerNotFound
 from flowpro.job import Ack, Job
 from flowpro.storage.base import ClaimedChunk, Storage
-from flowpro.worker import registered_workers, resolve_worker
+from flowpro.worker import Worker, registered_workers, resolve_worker
 
 log = logging.getLogger("flowpro.producer")
 
@@ -99,6 +100,7 @@ class Producer:
         self._writing: set[int] = set()
         self._calling_since: datetime | None = None
         self._abandoned: set[int] = set()
+        self._lane_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._fetch_wanted = True
         self._poll_now = False
         self._stopping = False
@@ -171,6 +173,8 @@ class Producer:
             except Exception as exc:  # the lifeline rescues them
                 log.warning("queue %s: handing back prefetched jobs failed (%s)", self.queue, exc)
         self.executor.shutdown()
+        if self._lane_pool is not None:
+            self._lane_pool.shutdown(wait=True)
         return ids
 
     # Attempts
@@ -233,31 +237,74 @@ class Producer:
                 break
             now = self.clock()
             acks = self._begin_call(now)
-            try:
-                # Every free slot at once: one transaction, one statement per chunk.
-                chunks = self.storage.fetch_chunk_many(
-                    self.queue,
-                    cls.__flowpro_name__,
-                    size=cls.chunk_size,
-                    ready_before=now - timedelta(seconds=cls.chunk_timeout),
-                    node=self.node,
-                    now=now,
-                    count=demand - taken,
-                    acks=acks,
-                )
-            except BaseException:
-                self._end_call(unwritten=acks)
-                raise
+            # Every free slot at once: one transaction, one statement per chunk (two
+            # transactions side by side where the database allows it, see _fetch_chunks).
+            chunks, unwritten, error = self._fetch_chunks(cls, now, demand - taken, acks)
             with self._lock:
                 for chunk in chunks:
                     self._running[chunk.ids[0]] = _Running(None, None, chunk)
-            self._end_call()
+            self._end_call(unwritten=unwritten)
             for chunk in chunks:
                 self.executor.submit_chunk(chunk, functools.partial(self._done_chunk, chunk))
+            if error is not None:
+                raise error
             taken += len(chunks)
         if taken < demand:
             self._chunk_wanted = False
         return taken
+
+    def _fetch_chunks(
+        self, cls: type[Worker], now: datetime, count: int, acks: list[Ack]
+    ) -> tuple[list[ClaimedChunk], list[Ack], BaseException | None]:
+        """Write ``acks`` and claim up to ``count`` chunks of ``cls``; return the chunks, the
+        acks left unwritten and the error that left them (a failed call writes nothing).
+
+        A chunk claim is mostly the database's work (each job's row is updated twice, at the
+        claim and at the ack), so where two connections can claim side by side (PostgreSQL's
+        SKIP LOCKED) half the slots and half the acks go to a second connection on a helper
+        thread, and the database works on both at once. Acks with follow-ups (workflow steps,
+        batch members) stay in one transaction: two could lock the same batch row in
+        opposite orders.
+        """
+        call = functools.partial(
+            self.storage.fetch_chunk_many,
+            self.queue,
+            cls.__flowpro_name__,
+            size=cls.chunk_size,
+            ready_before=now - timedelta(seconds=cls.chunk_timeout),
+            node=self.node,
+            now=now,
+        )
+        if count < 2 or not self.storage.parallel_claims or any(a.graph or a.batch for a in acks):
+            try:
+                return call(count=count, acks=acks), [], None
+            except BaseException as exc:
+                return [], acks, exc
+        half = len(acks) // 2
+        mine, theirs = acks[:half], acks[half:]
+        other = self._lane().submit(call, count=count // 2, acks=theirs)
+        chunks: list[ClaimedChunk] = []
+        unwritten: list[Ack] = []
+        error: BaseException | None = None
+        try:
+            chunks += call(count=count - count // 2, acks=mine)
+        except BaseException as exc:
+            unwritten += mine
+            error = exc
+        try:
+            chunks += other.result()
+        except BaseException as exc:
+            unwritten += theirs
+            error = error or exc
+        return chunks, unwritten, error
+
+    def _lane(self) -> concurrent.futures.ThreadPoolExecutor:
+        """Return the helper thread that makes a second claim alongside the producer's."""
+        if self._lane_pool is None:
+            self._lane_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"flowpro-{self.queue}-lane"
+            )
+        return self._lane_pool
 
     def _deadline(self, job: Job) -> float | None:
         try:

@@ -114,6 +114,7 @@ class SqlStorage:
     """The shared part of the SQLite and PostgreSQL adapters."""
 
     dialect = "sql"
+    parallel_claims = False
 
     def __init__(self, url: str, engine: Engine) -> None:
         self.url = url

@@ -44,6 +44,9 @@ class Storage(Protocol):
 
     dialect: str
     url: str
+    #: Whether two connections of one node can claim at the same time without waiting on each
+    #: other (PostgreSQL's SKIP LOCKED); SQLite writes one transaction at a time.
+    parallel_claims: bool
 
     # Schema
 

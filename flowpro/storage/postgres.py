@@ -200,6 +200,7 @@ class PostgresStorage(SqlStorage):
     """
 
     dialect = "postgresql"
+    parallel_claims = True
 
     def __init__(self, url: str, *, pool_size: int = 10, synchronous_acks: bool = False) -> None:
         try:

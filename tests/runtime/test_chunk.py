@@ -520,3 +520,50 @@ def test_chunk_claims_return_each_jobs_json_columns_as_a_read_back_gives_them(fp
     assert jobs == [fp.get_job(j.id) for j in jobs]
     assert all(j.args == args and j.meta["region"] == "eu" for j in jobs)
     assert all(j.tags == ["t1", "é"] and j.errors == [] for j in jobs)
+
+
+def test_a_failed_chunk_claim_leaves_its_acks_waiting_and_the_other_claims_chunks_run(
+    fp, monkeypatch
+):
+    # On PostgreSQL a producer claims half its free slots on a second connection alongside its
+    # own (two transactions, each with half the acks). A call that fails writes nothing: its
+    # acks wait for the next round; the other call's acks are written and its chunks run.
+    from flowpro._runtime.producer import Producer
+
+    fp.insert_all([Plain.new({"i": i}) for i in range(40)])
+    producer = Producer(
+        fp.storage, queue="chunks", limit=4, node="t", poll_interval=1.0, clock=utcnow
+    )
+    try:
+        claimed, unwritten, error = producer._fetch_chunks(Plain, utcnow(), 2, [])
+        assert (unwritten, error) == ([], None)
+        jobs = [j for chunk in claimed for j in chunk.jobs()]
+        assert len(claimed) == 2 and len({j.id for j in jobs}) == 20
+        acks = [Ack(j.id, j.attempt, JobState.COMPLETED, utcnow()) for j in jobs]
+
+        real = fp.storage.fetch_chunk_many
+
+        def flaky(*args: Any, **kwargs: Any) -> Any:
+            if "lane" in threading.current_thread().name or not fp.storage.parallel_claims:
+                raise RuntimeError("connection lost")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(fp.storage, "fetch_chunk_many", flaky)
+        chunks, unwritten, error = producer._fetch_chunks(Plain, utcnow(), 2, acks)
+    finally:
+        if producer._lane_pool is not None:
+            producer._lane_pool.shutdown()
+        producer.executor.shutdown()
+
+    assert isinstance(error, RuntimeError)
+    written = [a for a in acks if a not in unwritten]
+    state = {j.id: j.state for j in fp.list_jobs(limit=100)}
+    if fp.storage.parallel_claims:
+        assert unwritten == acks[10:] and len(chunks) == 1
+    else:
+        assert unwritten == acks and chunks == []
+    assert all(state[a.id] is JobState.COMPLETED for a in written)
+    assert all(state[a.id] is JobState.EXECUTING for a in unwritten)
+    new = [j.id for chunk in chunks for j in chunk.jobs()]
+    assert all(state[i] is JobState.EXECUTING for i in new)
+    assert not set(new) & {a.id for a in acks}
