@@ -35,9 +35,9 @@ _INSERT_BATCH = text(
 )
 _GROW_BATCH = text("UPDATE flowpro_batches SET total = total + :n WHERE id = :id RETURNING id")
 _FIND_STEP = (
-    "SELECT j.id, j.state, w.ignore_cancelled, w.ignore_discarded FROM flowpro_jobs j "
-    "JOIN flowpro_workflows w ON w.id = j.workflow_id "
-    "WHERE j.workflow_id = :workflow_id AND j.step = :step"
+    "SELECT j.id, j.state, w.ignore_cancelled, w.ignore_discarded FROM flowpro_steps s "
+    "JOIN flowpro_jobs j ON j.id = s.job_id JOIN flowpro_workflows w ON w.id = j.workflow_id "
+    "WHERE s.workflow_id = :workflow_id AND s.step = :step"
 )
 # Run on the driver's cursor where the adapter allows (``SqlStorage._rows``): both run on
 # every ack round of workflow steps. ``{ids}`` and ``{ok}`` are lists of ``:name`` marks.
@@ -172,6 +172,13 @@ def insert_plan(st: SqlStorage, c: Connection, plan: InsertPlan, now: datetime) 
         )
         saved.append(st._saved(job, ids[i], now, state))
     st._write_jobs(c, rows)
+    named = [
+        (job.workflow_id, job.step, ids[i])
+        for i, job in enumerate(plan.jobs)
+        if job.workflow_id is not None and job.step is not None
+    ]
+    if named:
+        st._write_steps(c, named)
     edges = [{"job_id": ids[a], "dep_id": ids[b]} for a, b in plan.deps]
     edges += [{"job_id": ids[a], "dep_id": dep_id} for a, dep_id in external]
     if edges:
@@ -202,7 +209,7 @@ def _check_new_steps(c: Connection, plan: InsertPlan) -> str:
     if names:
         taken = c.execute(
             text(
-                "SELECT step FROM flowpro_jobs WHERE workflow_id = :id AND step IN :names"
+                "SELECT step FROM flowpro_steps WHERE workflow_id = :id AND step IN :names"
             ).bindparams(bindparam("names", expanding=True)),
             {"id": plan.append_to, "names": names},
         ).fetchall()

@@ -355,7 +355,8 @@ class SqlStorage:
     def find_step(self, workflow_id: str, step: str) -> Job | None:
         """Return the job of a workflow step, or None."""
         sql = text(
-            f"SELECT {JOB_COLUMNS} FROM flowpro_jobs WHERE workflow_id = :wf AND step = :step"
+            f"SELECT {JOB_COLUMNS} FROM flowpro_jobs WHERE id = (SELECT job_id FROM "
+            "flowpro_steps WHERE workflow_id = :wf AND step = :step)"
         )
 
         def run(c: Connection) -> Job | None:
@@ -411,7 +412,8 @@ class SqlStorage:
                 for r in c.execute(wf_sql, {"ids": ids})
             ]
             job_sql = text(
-                f"SELECT {JOB_COLUMNS} FROM flowpro_jobs WHERE workflow_id IN :ids ORDER BY id"
+                f"SELECT {JOB_COLUMNS} FROM flowpro_jobs WHERE id IN (SELECT job_id FROM "
+                "flowpro_steps WHERE workflow_id IN :ids) ORDER BY id"
             ).bindparams(bindparam("ids", expanding=True))
             jobs = [self._job(r) for r in c.execute(job_sql, {"ids": ids})]
             edges: list[tuple[int, int]] = []
@@ -425,9 +427,11 @@ class SqlStorage:
         return self._read(run, what="workflow_rows")
 
     def workflow_counts(self, workflow_ids: Sequence[str]) -> dict[str, int]:
-        """Return the number of steps per state over these workflows (index only)."""
+        """Return the number of steps per state over these workflows (found by the steps
+        table's key, each job by its id: no scan)."""
         sql = text(
-            "SELECT state, count(*) FROM flowpro_jobs WHERE workflow_id IN :ids GROUP BY state"
+            "SELECT j.state, count(*) FROM flowpro_steps s JOIN flowpro_jobs j "
+            "ON j.id = s.job_id WHERE s.workflow_id IN :ids GROUP BY j.state"
         ).bindparams(bindparam("ids", expanding=True))
         return self._read(
             lambda c: {r[0]: int(r[1]) for r in c.execute(sql, {"ids": list(workflow_ids)})},
@@ -574,7 +578,8 @@ class SqlStorage:
         )
         done_roots = text(
             "SELECT w.root_id FROM flowpro_workflows w "
-            "LEFT JOIN flowpro_jobs j ON j.workflow_id = w.id GROUP BY w.root_id "
+            "LEFT JOIN flowpro_steps s ON s.workflow_id = w.id "
+            "LEFT JOIN flowpro_jobs j ON j.id = s.job_id GROUP BY w.root_id "
             f"HAVING sum(CASE WHEN j.id IS NOT NULL AND j.state NOT IN {TERMINAL} "
             "THEN 1 ELSE 0 END) = 0 AND max(w.inserted_at) < :before AND "
             "(max(COALESCE(j.completed_at, j.cancelled_at, j.discarded_at)) IS NULL OR "
@@ -582,13 +587,16 @@ class SqlStorage:
             "LIMIT 100"
         )
         ids_of = "SELECT id FROM flowpro_workflows WHERE root_id IN :roots"
-        delete_deps = text(
-            "DELETE FROM flowpro_deps WHERE job_id IN (SELECT id FROM flowpro_jobs "
-            f"WHERE workflow_id IN ({ids_of}))"
-        ).bindparams(bindparam("roots", expanding=True))
-        delete_steps = text(f"DELETE FROM flowpro_jobs WHERE workflow_id IN ({ids_of})").bindparams(
+        steps_of = f"SELECT job_id FROM flowpro_steps WHERE workflow_id IN ({ids_of})"
+        delete_deps = text(f"DELETE FROM flowpro_deps WHERE job_id IN ({steps_of})").bindparams(
             bindparam("roots", expanding=True)
         )
+        delete_jobs = text(f"DELETE FROM flowpro_jobs WHERE id IN ({steps_of})").bindparams(
+            bindparam("roots", expanding=True)
+        )
+        delete_steps = text(
+            f"DELETE FROM flowpro_steps WHERE workflow_id IN ({ids_of})"
+        ).bindparams(bindparam("roots", expanding=True))
         delete_workflows = text("DELETE FROM flowpro_workflows WHERE root_id IN :roots").bindparams(
             bindparam("roots", expanding=True)
         )
@@ -607,7 +615,8 @@ class SqlStorage:
             roots = [row[0] for row in c.execute(done_roots, params)]
             if roots:
                 c.execute(delete_deps, {"roots": roots})
-                deleted += c.execute(delete_steps, {"roots": roots}).rowcount or 0
+                deleted += c.execute(delete_jobs, {"roots": roots}).rowcount or 0
+                c.execute(delete_steps, {"roots": roots})
                 c.execute(delete_workflows, {"roots": roots})
             c.execute(delete_batches, params)
             c.execute(delete_callbacks)
@@ -998,6 +1007,16 @@ class SqlStorage:
         priority, inserted_at, scheduled_at, workflow_id, step, deps_pending, batch_id,
         chunk_key)."""
         raise NotImplementedError
+
+    def _write_steps(self, c: Connection, steps: Sequence[tuple[str, str, int]]) -> None:
+        """Write workflow steps (workflow id, step name, job id) in bulk."""
+        c.execute(
+            text(
+                "INSERT INTO flowpro_steps (workflow_id, step, job_id) "
+                "VALUES (:workflow_id, :step, :job_id)"
+            ),
+            [{"workflow_id": w, "step": n, "job_id": j} for w, n, j in steps],
+        )
 
     def _write_deps(self, c: Connection, edges: Sequence[tuple[int, int]]) -> None:
         """Write graph edges (job id, dep id) in bulk."""

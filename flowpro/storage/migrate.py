@@ -11,7 +11,7 @@ from flowpro.errors import ConfigError
 from flowpro.storage.schema import VERSION_TABLE
 
 # The newest revision in migrations/versions; a test checks it against alembic's head.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 
 def migrations_dir() -> Path:

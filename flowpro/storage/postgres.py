@@ -320,6 +320,18 @@ class PostgresStorage(SqlStorage):
                 },
             )
 
+    def _write_steps(self, c: Connection, steps: Sequence[tuple[str, str, int]]) -> None:
+        with self._cursor(c) as cur:
+            cur.execute(
+                "INSERT INTO flowpro_steps (workflow_id, step, job_id) "
+                "SELECT * FROM unnest(%(w)s::text[], %(n)s::text[], %(j)s::bigint[])",
+                {
+                    "w": [step[0] for step in steps],
+                    "n": [step[1] for step in steps],
+                    "j": [step[2] for step in steps],
+                },
+            )
+
     def _write_deps(self, c: Connection, edges: Sequence[tuple[int, int]]) -> None:
         with self._cursor(c) as cur:
             cur.execute(

@@ -94,15 +94,6 @@ Index(
     postgresql_where=text("state NOT IN ('available', 'executing')"),
     sqlite_where=text("state NOT IN ('available', 'executing')"),
 )
-# Unique: a step name is taken once per workflow, also by two appends racing each other.
-Index(
-    "flowpro_jobs_workflow_idx",
-    jobs.c.workflow_id,
-    jobs.c.step,
-    unique=True,
-    postgresql_where=text("workflow_id IS NOT NULL"),
-    sqlite_where=text("workflow_id IS NOT NULL"),
-)
 # Chunk claims: a partition's jobs in claim order, read in order, never sorted.
 Index(
     "flowpro_jobs_chunk_idx",
@@ -134,6 +125,18 @@ workflows = Table(
     Column("ignore_deleted", Boolean, nullable=False, server_default=text("false")),
     Column("context", Json, nullable=False),
     Column("inserted_at", Timestamp, nullable=False),
+)
+
+# The steps of each workflow: (workflow, step name) -> job, written once and never updated. Its
+# key takes a step name once per workflow, also against two appends racing each other, and finds
+# a workflow's jobs. On the jobs table such an index would gain an entry at every claim, release
+# and ack of a step (PostgreSQL adds one per new row version when the state changes).
+steps = Table(
+    "flowpro_steps",
+    metadata,
+    Column("workflow_id", String(64), primary_key=True),
+    Column("step", String(255), primary_key=True),
+    Column("job_id", Id, nullable=False),
 )
 
 # Edges of the job graph: job_id waits for dep_id.

@@ -265,6 +265,12 @@ class SQLiteStorage(SqlStorage):
             last: int = cur.execute(RESERVE_IDS, (count,)).fetchone()[0]
         return list(range(last - count + 1, last + 1))
 
+    def _write_steps(self, c: Connection, steps: Sequence[tuple[str, str, int]]) -> None:
+        with self._cursor(c) as cur:
+            cur.executemany(
+                "INSERT INTO flowpro_steps (workflow_id, step, job_id) VALUES (?, ?, ?)", steps
+            )
+
     def _write_deps(self, c: Connection, edges: Sequence[tuple[int, int]]) -> None:
         with self._cursor(c) as cur:
             cur.executemany("INSERT INTO flowpro_deps (job_id, dep_id) VALUES (?, ?)", edges)

@@ -139,6 +139,31 @@ def test_revision_0004_puts_the_claim_order_in_the_chunk_index_and_undoes_it(eng
     assert diffs(engine) == []
 
 
+def test_revision_0005_moves_step_names_to_their_own_table_and_undoes_it(engine):
+    migrate.upgrade(engine, "0004")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO flowpro_jobs (id, state, queue, worker, args, meta, tags, errors, "
+                "max_attempts, inserted_at, scheduled_at, workflow_id, step) VALUES "
+                "(7, 'suspended', 'q', 'w', '{}', '{}', '[]', '[]', 20, :t, :t, 'wf1', 'load'), "
+                "(8, 'available', 'q', 'w', '{}', '{}', '[]', '[]', 20, :t, :t, NULL, NULL)"
+            ),
+            {"t": "2026-01-01 00:00:00.000000"},
+        )
+
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        steps = conn.execute(sa.text("SELECT workflow_id, step, job_id FROM flowpro_steps"))
+        assert [tuple(r) for r in steps] == [("wf1", "load", 7)]
+    assert "flowpro_jobs_workflow_idx" not in indexes(engine)
+    assert diffs(engine) == []
+
+    migrate.downgrade(engine, "0004")
+    assert "flowpro_jobs_workflow_idx" in indexes(engine)
+    assert "flowpro_steps" not in tables(engine)
+
+
 def test_migrating_twice_changes_nothing(fp):
     job = fp.insert(flowpro.Worker.new({"kept": True}))
 

@@ -68,7 +68,8 @@ def engine(fp: flowpro.FlowPro) -> sa.Engine:
 
 
 def rows_of(fp: flowpro.FlowPro, root: Workflow) -> dict[str, int]:
-    """How many rows the workflow (its sub-workflows included) has in each table."""
+    """How many rows the workflow (its sub-workflows included) has in each table. Step names
+    (flowpro_steps) must come and go with their jobs."""
     with engine(fp).connect() as c:
         ids = [
             r[0]
@@ -77,6 +78,14 @@ def rows_of(fp: flowpro.FlowPro, root: Workflow) -> dict[str, int]:
                 {"id": root.workflow_id},
             )
         ]
+        named = c.execute(
+            sa.text(
+                "SELECT count(*) FROM flowpro_steps s LEFT JOIN flowpro_jobs j "
+                "ON j.id = s.job_id WHERE j.id IS NULL OR j.workflow_id = s.workflow_id"
+            )
+        ).scalar_one()
+        total = c.execute(sa.text("SELECT count(*) FROM flowpro_jobs WHERE step IS NOT NULL"))
+        assert named == total.scalar_one(), "step names and workflow jobs differ"
         if not ids:
             return {"workflows": 0, "jobs": 0, "deps": 0}
         params = {"ids": ids}
