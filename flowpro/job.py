@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -362,6 +362,20 @@ class Ack:
     # The job belongs to a workflow or batch: its ack has follow-ups in the same transaction.
     graph: bool = False
     batch: bool = False
+
+
+def has_follow_ups(acks: Iterable[Ack]) -> bool:
+    """Return whether any of ``acks`` is of a workflow step or batch member, whose ack is
+    followed up (releases, cascades, batch counts) in its transaction.
+
+    Example:
+        >>> now = utcnow()
+        >>> has_follow_ups([Ack(1, 1, JobState.COMPLETED, now)])
+        False
+        >>> has_follow_ups([Ack(1, 1, JobState.COMPLETED, now, graph=True)])
+        True
+    """
+    return any(ack.graph or ack.batch for ack in acks)
 
 
 # JSON codec for args and meta

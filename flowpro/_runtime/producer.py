@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from flowpro._runtime.executor import Executor, JobTimeout, fail
 from flowpro.errors import WorkerNotFound
-from flowpro.job import Ack, Job
+from flowpro.job import Ack, Job, has_follow_ups
 from flowpro.storage.base import ClaimedChunk, Storage
 from flowpro.worker import Worker, registered_workers, resolve_worker
 
@@ -275,7 +275,7 @@ class Producer:
             node=self.node,
             now=now,
         )
-        if count < 2 or not self.storage.parallel_claims or any(a.graph or a.batch for a in acks):
+        if count < 2 or not self.storage.parallel_claims or has_follow_ups(acks):
             try:
                 return call(count=count, acks=acks), [], None
             except BaseException as exc:

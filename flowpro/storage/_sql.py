@@ -1010,13 +1010,7 @@ class SqlStorage:
 
     def _write_steps(self, c: Connection, steps: Sequence[tuple[str, str, int]]) -> None:
         """Write workflow steps (workflow id, step name, job id) in bulk."""
-        c.execute(
-            text(
-                "INSERT INTO flowpro_steps (workflow_id, step, job_id) "
-                "VALUES (:workflow_id, :step, :job_id)"
-            ),
-            [{"workflow_id": w, "step": n, "job_id": j} for w, n, j in steps],
-        )
+        raise NotImplementedError
 
     def _write_deps(self, c: Connection, edges: Sequence[tuple[int, int]]) -> None:
         """Write graph edges (job id, dep id) in bulk."""

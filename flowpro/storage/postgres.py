@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from flowpro._json import loads
 from flowpro.errors import ConfigError, StorageError
-from flowpro.job import Ack, Job, JobState, NewJob
+from flowpro.job import Ack, Job, JobState, NewJob, has_follow_ups
 from flowpro.storage._sql import (
     ACK_SET,
     CLAIM_COLUMNS,
@@ -321,23 +321,31 @@ class PostgresStorage(SqlStorage):
             )
 
     def _write_steps(self, c: Connection, steps: Sequence[tuple[str, str, int]]) -> None:
-        with self._cursor(c) as cur:
-            cur.execute(
-                "INSERT INTO flowpro_steps (workflow_id, step, job_id) "
-                "SELECT * FROM unnest(%(w)s::text[], %(n)s::text[], %(j)s::bigint[])",
-                {
-                    "w": [step[0] for step in steps],
-                    "n": [step[1] for step in steps],
-                    "j": [step[2] for step in steps],
-                },
-            )
+        self._insert_arrays(
+            c,
+            "flowpro_steps",
+            (("workflow_id", "text"), ("step", "text"), ("job_id", "bigint")),
+            steps,
+        )
 
     def _write_deps(self, c: Connection, edges: Sequence[tuple[int, int]]) -> None:
+        self._insert_arrays(c, "flowpro_deps", (("job_id", "bigint"), ("dep_id", "bigint")), edges)
+
+    def _insert_arrays(
+        self,
+        c: Connection,
+        table: str,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[Sequence[Any]],
+    ) -> None:
+        """Insert ``rows`` into ``table`` in one statement: one array per column (name, SQL
+        type), unnested on the server."""
+        names = ", ".join(name for name, _type in columns)
+        arrays = ", ".join(f"%(c{i})s::{kind}[]" for i, (_name, kind) in enumerate(columns))
         with self._cursor(c) as cur:
             cur.execute(
-                "INSERT INTO flowpro_deps (job_id, dep_id) "
-                "SELECT * FROM unnest(%(a)s::bigint[], %(b)s::bigint[])",
-                {"a": [e[0] for e in edges], "b": [e[1] for e in edges]},
+                f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})",
+                {f"c{i}": [row[i] for row in rows] for i in range(len(columns))},
             )
 
     def _notify_in_tx(self, c: Connection, queues: Sequence[str]) -> None:
@@ -492,7 +500,7 @@ class PostgresStorage(SqlStorage):
         one with the commit (each sees the rows the ones before it claimed, so no job is in two
         chunks). Acks of workflow steps and batch members have follow-ups written in Python:
         they take the general path."""
-        if any(ack.graph or ack.batch for ack in acks):
+        if has_follow_ups(acks):
             return super().fetch_chunk_many(
                 queue,
                 worker,

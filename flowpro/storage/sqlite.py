@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from flowpro._json import compact, loads
 from flowpro.errors import ConfigError, StorageError
-from flowpro.job import Ack, Job, JobState
+from flowpro.job import Ack, Job, JobState, has_follow_ups
 from flowpro.storage._sql import ACK_SET, SqlStorage, split_completions
 
 BUSY_TIMEOUT_MS = 30_000
@@ -345,7 +345,7 @@ class SQLiteStorage(SqlStorage):
         for ack in acks:
             params += (ack.id, ack.attempt)
         rows = ", ".join(["(?, ?)"] * len(acks))
-        if any(ack.graph or ack.batch for ack in acks):
+        if has_follow_ups(acks):
             # Workflow steps or batch members: something follows, so their rows are needed.
             return self._applied(c, COMPLETE_MANY.format(rows=rows), params)
         with self._cursor(c) as cur:

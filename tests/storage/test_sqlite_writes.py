@@ -167,3 +167,26 @@ def test_a_chunks_plain_completions_take_one_statement_that_returns_no_rows(tmp_
     assert sorted(done) == sorted(j.id for j in jobs)
     assert states == {JobState.COMPLETED}
     assert fallbacks == []
+
+
+def test_a_chunk_claim_reads_its_partition_in_claim_order_from_the_partition_index(tmp_path):
+    # SQLite's side of the PostgreSQL plan test: the partition's jobs through the chunk index
+    # (queue, worker, chunk_key, then claim order), the queue's head through the claim index.
+    from flowpro.storage.sqlite import PICKED_ROWS
+
+    storage = SQLiteStorage(f"sqlite:///{tmp_path}/plan.db")
+    storage.migrate()
+    try:
+        picked, params = storage._chunk_pick("chunked", "w.Chunked", 100, None, "n1", utcnow())
+        with storage.engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            plan = [
+                row[3] for row in raw.execute("EXPLAIN QUERY PLAN " + picked + PICKED_ROWS, params)
+            ]
+    finally:
+        storage.close()
+
+    assert any(
+        "flowpro_jobs_chunk_idx (queue=? AND worker=? AND chunk_key=?)" in line for line in plan
+    ), plan
+    assert any("flowpro_jobs_claim_idx (queue=?)" in line for line in plan), plan
