@@ -46,7 +46,7 @@ class Plain(flowpro.Worker, queue="plain", name="bench.Plain"):
 def chunk_worker(size: int) -> type[flowpro.ChunkWorker]:
     # A chunk worker's process(jobs) cannot match Worker.process(job) for mypy.
     class Chunked(flowpro.ChunkWorker, queue="chunked", name="bench.Chunked", size=size):
-        def process(self, jobs: list[flowpro.Job]) -> None:  # type: ignore[override]
+        def process(self, jobs: list[flowpro.Job]) -> None:
             call()
 
     return Chunked

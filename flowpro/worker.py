@@ -151,12 +151,14 @@ class Worker:
         for registered in (cls.__flowpro_name__, *cls.aliases):
             _REGISTRY[registered] = cls
 
-    def process(self, job: Job) -> Any:
-        """Do the work of one job; the return value is the outcome.
+    def process(self, job: Any) -> Any:
+        """Do the work of one job (a ``Job``); the return value is the outcome.
 
         Return a value (the output, recorded when the worker is recorded), ``Snooze``,
         ``Cancel`` or ``Discard``; raise to fail the attempt (it is retried with backoff).
-        May be ``async def``.
+        May be ``async def``. Subclasses annotate ``job: Job``; the parameter is ``Any``
+        here so that ``ChunkWorker`` subclasses may take ``jobs: list[Job]`` without
+        a type checker calling the override unsafe.
         """
         raise NotImplementedError(f"{type(self).__flowpro_name__} does not define process()")
 

@@ -72,7 +72,7 @@ class ChunkWorker(Worker):
             )
         super().__init_subclass__(**options)
 
-    def process(self, jobs: list[Job]) -> Any:  # type: ignore[override]
+    def process(self, jobs: list[Job]) -> Any:
         """Process a chunk; return None or a ``ChunkResult``. May be ``async def``."""
         raise NotImplementedError(f"{type(self).__flowpro_name__} does not define process()")
 
