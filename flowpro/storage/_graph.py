@@ -47,7 +47,7 @@ _POLICY = (
 )
 # Each waiting step loses as many unmet deps as it has among the ``ok`` ones: counted once per
 # step (a grouped scan of the edges from those deps), not once per step and column.
-_RELEASE = (
+RELEASE = (
     "UPDATE flowpro_jobs AS t SET deps_pending = t.deps_pending - c.n, "
     "state = CASE WHEN t.deps_pending - c.n > 0 THEN t.state "
     "WHEN t.scheduled_at > :now THEN 'scheduled' ELSE 'available' END "
@@ -276,18 +276,18 @@ def progress(
     cascade (a discard upstream must not slip through ``ignore_cancelled`` one step later).
     """
     pending = list(finished)
+    if not upstream and all(state is JobState.COMPLETED for _, state in pending):
+        # The usual ack round: completed steps release whatever the flags say, and nothing
+        # cascades from them (ids of jobs outside workflows have no edges to follow).
+        _release(st, c, [job_id for job_id, _ in pending], now, released)
+        return
     forced = {job_id for job_id, _ in pending} if upstream else set()
     while pending:
-        if not forced and all(state is JobState.COMPLETED for _, state in pending):
-            # The usual ack round: completed steps release whatever the flags say, and the
-            # step names are only for failure messages.
-            policy = {job_id: ("", False, False) for job_id, _ in pending}
-        else:
-            marks, params = _marks("id", [job_id for job_id, _ in pending])
-            policy = {
-                row[0]: (row[1], bool(row[2]), bool(row[3]))
-                for row in st._rows(c, _POLICY.format(ids=marks), params)
-            }
+        marks, params = _marks("id", [job_id for job_id, _ in pending])
+        policy = {
+            row[0]: (row[1], bool(row[2]), bool(row[3]))
+            for row in st._rows(c, _POLICY.format(ids=marks), params)
+        }
         ok: list[int] = []
         failed: list[tuple[int, str]] = []
         for job_id, state in pending:
@@ -303,18 +303,24 @@ def progress(
             else:
                 failed.append((job_id, f"upstream step {step!r} was {state}"))
         if ok:
-            marks, params = _marks("ok", ok)
-            params["now"] = st._ts(now)
-            rows = st._rows(c, _RELEASE.format(ok=marks), params)
-            queues = sorted({row[1] for row in rows if row[0] == "available"})
-            if queues:
-                st._notify_in_tx(c, queues)
-                released.extend(queues)
+            _release(st, c, ok, now, released)
         cascaded: list[int] = []
         for job_id, reason in failed:
             cascaded += _cancel_suspended(st, c, [job_id], reason, now, by_id=False)
         pending = [(job_id, JobState.CANCELLED) for job_id in cascaded]
         forced.update(cascaded)
+
+
+def _release(
+    st: SqlStorage, c: Connection, ok: Sequence[int], now: datetime, released: list[str]
+) -> None:
+    """Count ``ok`` (deps that completed, or failed in a way their workflow ignores) as met
+    for the steps waiting on them; notify the queues of the steps this made available."""
+    rows = st._release_rows(c, ok, now)
+    queues = sorted({row[1] for row in rows if row[0] == "available"})
+    if queues:
+        st._notify_in_tx(c, queues)
+        released.extend(queues)
 
 
 def _cancel_suspended(

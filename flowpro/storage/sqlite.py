@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from flowpro._json import compact, loads
 from flowpro.errors import ConfigError, StorageError
 from flowpro.job import Ack, Job, JobState, has_follow_ups
+from flowpro.storage import _graph as graph
 from flowpro.storage._sql import ACK_SET, SqlStorage, split_completions
 
 BUSY_TIMEOUT_MS = 30_000
@@ -94,6 +95,13 @@ RESERVE_IDS = "UPDATE sqlite_sequence SET seq = seq + ? WHERE name = 'flowpro_jo
 
 
 @functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=128)
+def _release_sql(count: int) -> str:
+    """Return the release statement (``_graph.RELEASE``) for ``count`` deps, with positional
+    parameters: the time first, then the deps' ids."""
+    return graph.RELEASE.replace(":now", "?").format(ok=", ".join(["?"] * count))
+
+
 def _parse_ts(value: str) -> datetime:
     """Return a stored time as an aware UTC datetime. Cached: the jobs of one insert share
     their times, and a claim of a hundred of them parses each time once."""
@@ -318,6 +326,15 @@ class SQLiteStorage(SqlStorage):
     def _rows(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
         with self._cursor(c) as cur:
             rows: list[Any] = cur.execute(sql, params).fetchall()
+        return rows
+
+    def _release_rows(
+        self, c: Connection, ok: Sequence[int], now: datetime
+    ) -> Sequence[Sequence[Any]]:
+        # Every ack round of workflow steps runs this: positional parameters and a statement
+        # text cached per count cost about half the Python time of named ones.
+        with self._cursor(c) as cur:
+            rows: list[Any] = cur.execute(_release_sql(len(ok)), [ts(now), *ok]).fetchall()
         return rows
 
     def _ack(self, c: Connection, acks: Sequence[Ack]) -> list[tuple[int, str | None, str | None]]:
