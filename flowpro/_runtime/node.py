@@ -21,6 +21,7 @@ from flowpro._runtime.pruner import Pruner
 from flowpro._runtime.stager import Stager
 from flowpro.job import utcnow
 from flowpro.storage.base import Storage
+from flowpro.worker import registered_workers
 
 log = logging.getLogger("flowpro.node")
 
@@ -67,6 +68,28 @@ def node_name(prefix: str | None = None) -> str:
     return f"{base}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
 
 
+def claim_lanes(storage: Storage, queue: str, limit: int) -> list[int]:
+    """Return the limits of the producers that run ``queue`` with ``limit`` slots in all.
+
+    One producer, except for a queue with chunk workers on a database where two connections
+    claim side by side without waiting on each other (PostgreSQL's ``SKIP LOCKED``): there
+    two producers share the slots, each with its own connection, loop and acks. A chunk's
+    claim and ack are mostly the server's work (two row updates a job), and two independent
+    producers keep it busy while each one's Python handles what it got. Plain queues keep
+    one: two producers of short jobs make smaller rounds and skip each other's locked rows.
+
+    Example:
+        >>> claim_lanes(fp.storage, "ingest", 10)  # doctest: +SKIP
+        [5, 5]
+        >>> claim_lanes(fp.storage, "emails", 10)  # doctest: +SKIP
+        [10]
+    """
+    chunked = any(c.is_chunk and c.queue == queue for c in registered_workers())
+    if not (chunked and storage.parallel_claims and limit >= 2):
+        return [limit]
+    return [limit - limit // 2, limit // 2]
+
+
 class Node:
     """Runs queues against one storage until stopped."""
 
@@ -90,12 +113,14 @@ class Node:
             Producer(
                 storage,
                 queue=q,
-                limit=n,
+                limit=part,
                 node=self.name,
                 poll_interval=poll,
                 clock=clock,
+                lane=lane,
             )
             for q, n in self.queues.items()
+            for lane, part in enumerate(claim_lanes(storage, q, n), start=1)
         ]
         self.lifeline = Lifeline(
             storage, self.name, list(self.queues), rescue_after=config.rescue_after

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import functools
 import logging
 import threading
@@ -14,9 +13,9 @@ from datetime import datetime, timedelta
 
 from flowpro._runtime.executor import Executor, JobTimeout, fail
 from flowpro.errors import WorkerNotFound
-from flowpro.job import Ack, Job, has_follow_ups
+from flowpro.job import Ack, Job
 from flowpro.storage.base import ClaimedChunk, Storage
-from flowpro.worker import Worker, registered_workers, resolve_worker
+from flowpro.worker import registered_workers, resolve_worker
 
 log = logging.getLogger("flowpro.producer")
 
@@ -80,6 +79,7 @@ class Producer:
         poll_interval: float,
         clock: Callable[[], datetime],
         linger: float = 0.001,
+        lane: int = 1,
     ) -> None:
         self.storage = storage
         self.queue = queue
@@ -100,12 +100,14 @@ class Producer:
         self._writing: set[int] = set()
         self._calling_since: datetime | None = None
         self._abandoned: set[int] = set()
-        self._lane_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._fetch_wanted = True
         self._poll_now = False
         self._stopping = False
         self._halted = False
-        self._thread = threading.Thread(target=self._loop, name=f"flowpro-{queue}", daemon=True)
+        # A node may run a queue with more than one producer (see Node): lane 2 and up are
+        # named apart, so that logs and stack dumps tell them apart.
+        name = f"flowpro-{queue}" if lane == 1 else f"flowpro-{queue}-{lane}"
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         # Chunk workers of this queue are claimed a chunk at a time, not by the plain claim.
         self.chunk_workers = [c for c in registered_workers() if c.is_chunk and c.queue == queue]
         self._exclude = [c.__flowpro_name__ for c in self.chunk_workers]
@@ -173,8 +175,6 @@ class Producer:
             except Exception as exc:  # the lifeline rescues them
                 log.warning("queue %s: handing back prefetched jobs failed (%s)", self.queue, exc)
         self.executor.shutdown()
-        if self._lane_pool is not None:
-            self._lane_pool.shutdown(wait=True)
         return ids
 
     # Attempts
@@ -230,81 +230,39 @@ class Producer:
 
     def _claim_chunks(self, demand: int) -> int:
         """Claim ready chunks into free slots, writing the acks waiting so far in the same
-        transaction (one commit a round); return how many slots the chunks took."""
+        transaction (one commit a round); return how many slots the chunks took. A failed
+        call writes nothing: its acks wait for the next round."""
         taken = 0
         for cls in self.chunk_workers:
             if taken >= demand:
                 break
             now = self.clock()
             acks = self._begin_call(now)
-            # Every free slot at once: one transaction, one statement per chunk (two
-            # transactions side by side where the database allows it, see _fetch_chunks).
-            chunks, unwritten, error = self._fetch_chunks(cls, now, demand - taken, acks)
+            try:
+                # Every free slot at once: one transaction, one statement per chunk.
+                chunks = self.storage.fetch_chunk_many(
+                    self.queue,
+                    cls.__flowpro_name__,
+                    size=cls.chunk_size,
+                    ready_before=now - timedelta(seconds=cls.chunk_timeout),
+                    node=self.node,
+                    now=now,
+                    count=demand - taken,
+                    acks=acks,
+                )
+            except BaseException:
+                self._end_call(unwritten=acks)
+                raise
             with self._lock:
                 for chunk in chunks:
                     self._running[chunk.ids[0]] = _Running(None, None, chunk)
-            self._end_call(unwritten=unwritten)
+            self._end_call()
             for chunk in chunks:
                 self.executor.submit_chunk(chunk, functools.partial(self._done_chunk, chunk))
-            if error is not None:
-                raise error
             taken += len(chunks)
         if taken < demand:
             self._chunk_wanted = False
         return taken
-
-    def _fetch_chunks(
-        self, cls: type[Worker], now: datetime, count: int, acks: list[Ack]
-    ) -> tuple[list[ClaimedChunk], list[Ack], BaseException | None]:
-        """Write ``acks`` and claim up to ``count`` chunks of ``cls``; return the chunks, the
-        acks left unwritten and the error that left them (a failed call writes nothing).
-
-        A chunk claim is mostly the database's work (each job's row is updated twice, at the
-        claim and at the ack), so where two connections can claim side by side (PostgreSQL's
-        SKIP LOCKED) half the slots and half the acks go to a second connection on a helper
-        thread, and the database works on both at once. Acks with follow-ups (workflow steps,
-        batch members) stay in one transaction: two could lock the same batch row in
-        opposite orders.
-        """
-        call = functools.partial(
-            self.storage.fetch_chunk_many,
-            self.queue,
-            cls.__flowpro_name__,
-            size=cls.chunk_size,
-            ready_before=now - timedelta(seconds=cls.chunk_timeout),
-            node=self.node,
-            now=now,
-        )
-        if count < 2 or not self.storage.parallel_claims or has_follow_ups(acks):
-            try:
-                return call(count=count, acks=acks), [], None
-            except BaseException as exc:
-                return [], acks, exc
-        half = len(acks) // 2
-        mine, theirs = acks[:half], acks[half:]
-        other = self._lane().submit(call, count=count // 2, acks=theirs)
-        chunks: list[ClaimedChunk] = []
-        unwritten: list[Ack] = []
-        error: BaseException | None = None
-        try:
-            chunks += call(count=count - count // 2, acks=mine)
-        except BaseException as exc:
-            unwritten += mine
-            error = exc
-        try:
-            chunks += other.result()
-        except BaseException as exc:
-            unwritten += theirs
-            error = error or exc
-        return chunks, unwritten, error
-
-    def _lane(self) -> concurrent.futures.ThreadPoolExecutor:
-        """Return the helper thread that makes a second claim alongside the producer's."""
-        if self._lane_pool is None:
-            self._lane_pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix=f"flowpro-{self.queue}-lane"
-            )
-        return self._lane_pool
 
     def _deadline(self, job: Job) -> float | None:
         try:

@@ -522,48 +522,81 @@ def test_chunk_claims_return_each_jobs_json_columns_as_a_read_back_gives_them(fp
     assert all(j.tags == ["t1", "é"] and j.errors == [] for j in jobs)
 
 
-def test_a_failed_chunk_claim_leaves_its_acks_waiting_and_the_other_claims_chunks_run(
+def test_a_failed_chunk_claim_writes_nothing_and_its_acks_wait_for_the_next_round(
     fp, monkeypatch
 ):
-    # On PostgreSQL a producer claims half its free slots on a second connection alongside its
-    # own (two transactions, each with half the acks). A call that fails writes nothing: its
-    # acks wait for the next round; the other call's acks are written and its chunks run.
+    # A producer writes its waiting acks in the transaction of its next chunk claim. When that
+    # call fails, nothing of it is written: the acks wait again, in order, and the next round
+    # writes them with its claim.
     from flowpro._runtime.producer import Producer
 
     fp.insert_all([Plain.new({"i": i}) for i in range(40)])
+    jobs = [j for chunk in claim_chunks(fp, Plain, 2) for j in chunk.jobs()]
+    acks = [Ack(j.id, j.attempt, JobState.COMPLETED, utcnow()) for j in jobs]
     producer = Producer(
         fp.storage, queue="chunks", limit=4, node="t", poll_interval=1.0, clock=utcnow
     )
+    producer._acks = list(acks)
+    real = fp.storage.fetch_chunk_many
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("connection lost")
+
+    monkeypatch.setattr(fp.storage, "fetch_chunk_many", failing)
     try:
-        claimed, unwritten, error = producer._fetch_chunks(Plain, utcnow(), 2, [])
-        assert (unwritten, error) == ([], None)
-        jobs = [j for chunk in claimed for j in chunk.jobs()]
-        assert len(claimed) == 2 and len({j.id for j in jobs}) == 20
-        acks = [Ack(j.id, j.attempt, JobState.COMPLETED, utcnow()) for j in jobs]
+        with pytest.raises(RuntimeError, match="connection lost"):
+            producer._claim_chunks(2)
+        state = {j.id: j.state for j in fp.list_jobs(limit=100)}
+        assert producer._acks == acks and producer.held()[1] is None
+        assert all(state[a.id] is JobState.EXECUTING for a in acks)
+        assert Counter(state.values()) == Counter(executing=20, available=20)
 
-        real = fp.storage.fetch_chunk_many
-
-        def flaky(*args: Any, **kwargs: Any) -> Any:
-            if "lane" in threading.current_thread().name or not fp.storage.parallel_claims:
-                raise RuntimeError("connection lost")
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(fp.storage, "fetch_chunk_many", flaky)
-        chunks, unwritten, error = producer._fetch_chunks(Plain, utcnow(), 2, acks)
+        monkeypatch.setattr(fp.storage, "fetch_chunk_many", real)
+        assert producer._claim_chunks(2) == 2
+        state = {j.id: j.state for j in fp.list_jobs(limit=100)}
+        # (The acks waiting now are the new chunks', which run at once.)
+        assert not {a.id for a in producer._acks} & {a.id for a in acks}
+        assert all(state[a.id] is JobState.COMPLETED for a in acks)
+        assert Counter(state.values()) == Counter(completed=20, executing=20)
+        eventually(lambda: not producer._running, timeout=10)
     finally:
-        if producer._lane_pool is not None:
-            producer._lane_pool.shutdown()
         producer.executor.shutdown()
 
-    assert isinstance(error, RuntimeError)
-    written = [a for a in acks if a not in unwritten]
-    state = {j.id: j.state for j in fp.list_jobs(limit=100)}
-    if fp.storage.parallel_claims:
-        assert unwritten == acks[10:] and len(chunks) == 1
-    else:
-        assert unwritten == acks and chunks == []
-    assert all(state[a.id] is JobState.COMPLETED for a in written)
-    assert all(state[a.id] is JobState.EXECUTING for a in unwritten)
-    new = [j.id for chunk in chunks for j in chunk.jobs()]
-    assert all(state[i] is JobState.EXECUTING for i in new)
-    assert not set(new) & {a.id for a in acks}
+
+def test_a_chunk_queue_runs_two_producers_where_two_connections_claim_side_by_side(fp):
+    # On PostgreSQL (SKIP LOCKED) a node runs a queue of chunk workers with two producers that
+    # share its slots, each with its own connection; both claim chunks. Plain queues, and every
+    # queue on SQLite (one writer at a time), keep one producer.
+    from flowpro._runtime.node import Node, NodeConfig
+
+    node = Node(fp.storage, queues={"chunks": 10, "plain-only": 4}, config=NodeConfig())
+    lanes = {
+        q: sorted((p._thread.name, p.limit) for p in node.producers if p.queue == q)
+        for q in ("chunks", "plain-only")
+    }
+    two = fp.storage.parallel_claims
+    assert lanes["chunks"] == (
+        [("flowpro-chunks", 5), ("flowpro-chunks-2", 5)] if two else [("flowpro-chunks", 10)]
+    )
+    assert lanes["plain-only"] == [("flowpro-plain-only", 4)]
+    for producer in node.producers:
+        producer.executor.shutdown()
+
+    claimers: set[str] = set()
+    real = fp.storage.fetch_chunk_many
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        chunks = real(*args, **kwargs)
+        if chunks:
+            claimers.add(threading.current_thread().name)
+        return chunks
+
+    fp.storage.fetch_chunk_many = spy  # type: ignore[method-assign]
+    try:
+        fp.insert_all([Plain.new({"i": i}) for i in range(400)])
+        fp.run(queues={"chunks": 4}, until_idle=True)
+    finally:
+        del fp.storage.fetch_chunk_many
+    assert states(fp, Plain) == Counter(completed=400)
+    assert sum(len(c["ids"]) for c in CHUNKS) == 400
+    assert claimers == ({"flowpro-chunks", "flowpro-chunks-2"} if two else {"flowpro-chunks"})
