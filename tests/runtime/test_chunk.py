@@ -522,9 +522,7 @@ def test_chunk_claims_return_each_jobs_json_columns_as_a_read_back_gives_them(fp
     assert all(j.tags == ["t1", "é"] and j.errors == [] for j in jobs)
 
 
-def test_a_failed_chunk_claim_writes_nothing_and_its_acks_wait_for_the_next_round(
-    fp, monkeypatch
-):
+def test_a_failed_chunk_claim_writes_nothing_and_its_acks_wait_for_the_next_round(fp, monkeypatch):
     # A producer writes its waiting acks in the transaction of its next chunk claim. When that
     # call fails, nothing of it is written: the acks wait again, in order, and the next round
     # writes them with its claim.
