@@ -430,7 +430,15 @@ class Producer:
     def _poll(self) -> None:
         try:
             # Only ever raise the flags here: a wake-up may have raised them meanwhile.
-            self._chunk_wanted = self._chunk_wanted or bool(self.chunk_workers)
+            if self.chunk_workers and not self._chunk_wanted:
+                # A partial chunk becomes ready when its timeout passes, which nothing
+                # announces, so polls try the chunk claims again; but only when the queue has
+                # an available job at all (one index probe). Trying them on an empty queue
+                # cost a write transaction per chunk worker every poll, and kept the producer
+                # so busy that `run(until_idle=True)` could not see it idle.
+                if not self.storage.has_available(self.queue):
+                    return  # no chunk and no plain job either
+                self._chunk_wanted = True
             # Already wanted (the slots are merely full): the query could tell nothing new.
             if not self._fetch_wanted and self.storage.has_available(self.queue, self._exclude):
                 self._fetch_wanted = True

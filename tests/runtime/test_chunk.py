@@ -18,6 +18,7 @@ from flowpro import Batch, ChunkResult, ChunkWorker
 from flowpro.codecs import encrypted as codec
 from flowpro.job import Ack, JobState, utcnow
 from flowpro.storage.base import Storage
+from flowpro.worker import registered_workers
 from tests.conftest import eventually
 from tests.runtime.nodes import another_app, running
 from tests.runtime.pro_helpers import raw_column, set_json
@@ -559,6 +560,32 @@ def test_a_failed_chunk_claim_writes_nothing_and_its_acks_wait_for_the_next_roun
         eventually(lambda: not producer._running, timeout=10)
     finally:
         producer.executor.shutdown()
+
+
+def test_an_idle_chunk_queue_polls_with_a_read_not_a_claim_per_chunk_worker(fp, monkeypatch):
+    # Polls retry chunk claims (a partial chunk becomes ready at its timeout, unannounced), but
+    # only when the queue has an available job: on an empty queue a claim transaction per
+    # chunk worker at every poll kept the producers busy, so that run(until_idle=True) could
+    # wait seconds for a moment with no call in flight.
+    claims: list[str] = []
+    real = fp.storage.fetch_chunk_many
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        claims.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fp.storage, "fetch_chunk_many", spy)
+    with running(fp, queues={"chunks": 4}):
+        time.sleep(0.3)  # 15 polls at FAST's 0.02 s
+        idle_claims = len(claims)
+        fp.insert_all([Plain.new({"i": i}) for i in range(5)])  # a partial chunk
+        eventually(lambda: states(fp, Plain) == Counter(completed=5), timeout=10)
+
+    # The first round of each producer tries every chunk worker of the queue once; then
+    # nothing until jobs arrive.
+    workers = [c for c in registered_workers() if c.is_chunk and c.queue == "chunks"]
+    assert idle_claims <= 2 * len(workers)
+    assert [len(c["ids"]) for c in chunks_of("plain")] == [5]
 
 
 def test_a_chunk_queue_runs_two_producers_where_two_connections_claim_side_by_side(fp):
