@@ -920,8 +920,15 @@ class SqlStorage:
             " AND queue = :queue" if queue is not None else ""
         )
         if ready_before is None:
-            ready, head_ready = "count(*) >= 1", "1 = 1"
+            ready, head_ready, taken_ready = "count(*) >= 1", "1 = 1", "1 = 1"
         else:
+            # Judged again on the rows this statement could lock: the counts above include
+            # rows that another transaction (a node, or the other producer of this queue) is
+            # claiming right now, and a partial chunk must wait for its timeout.
+            taken_ready = (
+                "(SELECT count(*) FROM locked) >= :size "
+                "OR (SELECT min(scheduled_at) FROM locked) <= :ready"
+            )
             ready = "count(*) >= :size OR min(scheduled_at) <= :ready"
             head_ready = (
                 "head.scheduled_at <= :ready OR (SELECT count(*) FROM (SELECT 1 FROM "
@@ -941,9 +948,10 @@ class SqlStorage:
             f"SELECT chunk_key FROM flowpro_jobs WHERE {scope} AND chunk_key IS NOT NULL "
             f"GROUP BY chunk_key HAVING {ready} ORDER BY min(priority), min(scheduled_at) "
             "LIMIT 1) AS g WHERE NOT EXISTS (SELECT 1 FROM fast)), "
-            f"picked AS (SELECT id FROM flowpro_jobs WHERE {scope} "
+            f"locked AS (SELECT id, scheduled_at FROM flowpro_jobs WHERE {scope} "
             "AND chunk_key = (SELECT chunk_key FROM part LIMIT 1) "
-            f"ORDER BY priority, scheduled_at, id LIMIT :size{self._skip_locked()}) "
+            f"ORDER BY priority, scheduled_at, id LIMIT :size{self._skip_locked()}), "
+            f"picked AS (SELECT id FROM locked WHERE {taken_ready}) "
         )
         params = {
             "worker": worker,

@@ -226,6 +226,47 @@ def test_full_chunks_run_at_once_and_the_rest_after_the_timeout(fp):
     assert sorted(i for c in by_size for i in c["ids"]) == [j.id for j in jobs]
 
 
+def test_a_partial_chunk_waits_for_its_timeout_while_another_claim_holds_the_full_one(fp):
+    # Two claims at once (two nodes, or a PostgreSQL queue's two producers): the first locks
+    # the partition's full chunk; the second must not count those rows as its own and take the
+    # two left over as a ready chunk before their timeout.
+    import sqlalchemy as sa
+
+    fp.insert_all([Quick.new({"n": i}) for i in range(7)])
+    now = utcnow()
+    ready_before = now - timedelta(seconds=60)  # nothing has waited a minute
+    picked, params = fp.storage._chunk_pick(
+        Quick.queue, Quick.__flowpro_name__, 5, ready_before, "first", now
+    )
+    with fp.storage.engine.connect() as first, first.begin():
+        rows = first.execute(sa.text(picked + fp.storage._picked_claim()), params).all()
+        assert len(rows) == 5
+        if not fp.storage.parallel_claims:
+            first.commit()  # SQLite: one writer at a time, so claim after it instead
+        second = fp.storage.fetch_chunk_many(
+            Quick.queue,
+            Quick.__flowpro_name__,
+            size=5,
+            ready_before=ready_before,
+            node="second",
+            now=now,
+            count=2,
+        )
+        assert second == []
+
+    claimed = fp.storage.fetch_chunk_many(
+        Quick.queue,
+        Quick.__flowpro_name__,
+        size=5,
+        ready_before=now,
+        node="third",
+        now=now,
+        count=2,
+    )  # once they are due, the two run
+    assert [len(chunk.ids) for chunk in claimed] == [2]
+    assert Counter(str(j.state) for j in fp.list_jobs(worker=Quick)) == Counter(executing=7)
+
+
 # Partitions
 
 

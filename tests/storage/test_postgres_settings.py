@@ -67,7 +67,7 @@ def test_a_chunk_claim_reads_a_large_partition_in_order_and_sorts_nothing(pg_sch
     sorts = [n["Sort Key"] for n in nodes if n["Node Type"] == "Sort"]
     assert all("min(" in key for keys in sorts for key in keys), sorts
     ctes = {n.get("Subplan Name"): n for n in nodes if n.get("Subplan Name")}
-    picked_scans = [n for n in _plan_nodes(ctes["CTE picked"]) if "Index Cond" in n]
+    picked_scans = [n for n in _plan_nodes(ctes["CTE locked"]) if "Index Cond" in n]
     assert any(
         n["Index Name"] == "flowpro_jobs_chunk_idx" and "chunk_key" in n["Index Cond"]
         for n in picked_scans
