@@ -919,12 +919,14 @@ class SqlStorage:
         scope = "state = 'available' AND worker = :worker" + (
             " AND queue = :queue" if queue is not None else ""
         )
+        skip = self._skip_locked()
         if ready_before is None:
             ready, head_ready, taken_ready = "count(*) >= 1", "1 = 1", "1 = 1"
         else:
-            # Judged again on the rows this statement could lock: the counts above include
-            # rows that another transaction (a node, or the other producer of this queue) is
-            # claiming right now, and a partial chunk must wait for its timeout.
+            # Where claims run side by side (SKIP LOCKED), readiness is judged again on the
+            # rows this statement could lock: the counts below include rows that another
+            # transaction (a node, or the other producer of this queue) is claiming right now,
+            # and a partial chunk must wait for its timeout. SQLite writes one at a time.
             taken_ready = (
                 "(SELECT count(*) FROM locked) >= :size "
                 "OR (SELECT min(scheduled_at) FROM locked) <= :ready"
@@ -942,17 +944,20 @@ class SqlStorage:
             # partition index (which would have to sort every ready job) out of the plan.
             f"WITH head AS (SELECT chunk_key, scheduled_at FROM flowpro_jobs WHERE {scope} "
             "AND (chunk_key IS NOT NULL) IS TRUE ORDER BY priority, scheduled_at, id "
-            f"LIMIT 1{self._skip_locked()}), "
+            f"LIMIT 1{skip}), "
             f"fast AS (SELECT chunk_key FROM head WHERE {head_ready}), "
             "part AS (SELECT chunk_key FROM fast UNION ALL SELECT chunk_key FROM ("
             f"SELECT chunk_key FROM flowpro_jobs WHERE {scope} AND chunk_key IS NOT NULL "
             f"GROUP BY chunk_key HAVING {ready} ORDER BY min(priority), min(scheduled_at) "
             "LIMIT 1) AS g WHERE NOT EXISTS (SELECT 1 FROM fast)), "
-            f"locked AS (SELECT id, scheduled_at FROM flowpro_jobs WHERE {scope} "
-            "AND chunk_key = (SELECT chunk_key FROM part LIMIT 1) "
-            f"ORDER BY priority, scheduled_at, id LIMIT :size{self._skip_locked()}), "
-            f"picked AS (SELECT id FROM locked WHERE {taken_ready}) "
+            f"{'locked AS (SELECT id, scheduled_at' if skip else 'picked AS (SELECT id'} "
+            "FROM flowpro_jobs "
+            f"WHERE {scope} AND chunk_key = (SELECT chunk_key FROM part LIMIT 1) "
+            f"ORDER BY priority, scheduled_at, id LIMIT :size{skip})"
         )
+        if skip:
+            sql += f", picked AS (SELECT id FROM locked WHERE {taken_ready})"
+        sql += " "
         params = {
             "worker": worker,
             "queue": queue,
