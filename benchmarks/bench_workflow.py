@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--backends", default="postgres,sqlite")
     parser.add_argument("--width", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--throughput-rounds", type=int, default=4)
+    parser.add_argument("--throughput-rounds", type=int, default=6)
     args = parser.parse_args()
     for backend in args.backends.split(","):
         with tempfile.TemporaryDirectory() as tmp:

@@ -659,10 +659,10 @@ def test_a_chunk_queue_runs_two_producers_where_two_connections_claim_side_by_si
 
     fp.storage.fetch_chunk_many = spy  # type: ignore[method-assign]
     try:
-        fp.insert_all([Plain.new({"i": i}) for i in range(400)])
+        fp.insert_all([Plain.new({"i": i}) for i in range(1_000)])
         fp.run(queues={"chunks": 4}, until_idle=True)
     finally:
         del fp.storage.fetch_chunk_many
-    assert states(fp, Plain) == Counter(completed=400)
-    assert sum(len(c["ids"]) for c in CHUNKS) == 400
+    assert states(fp, Plain) == Counter(completed=1_000)
+    assert sum(len(c["ids"]) for c in CHUNKS) == 1_000
     assert claimers == ({"flowpro-chunks", "flowpro-chunks-2"} if two else {"flowpro-chunks"})
