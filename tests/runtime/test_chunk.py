@@ -243,26 +243,9 @@ def test_a_partial_chunk_waits_for_its_timeout_while_another_claim_holds_the_ful
         assert len(rows) == 5
         if not fp.storage.parallel_claims:
             first.commit()  # SQLite: one writer at a time, so claim after it instead
-        second = fp.storage.fetch_chunk_many(
-            Quick.queue,
-            Quick.__flowpro_name__,
-            size=5,
-            ready_before=ready_before,
-            node="second",
-            now=now,
-            count=2,
-        )
-        assert second == []
+        assert claim_chunks(fp, Quick, 2, ready_before=ready_before, node="second") == []
 
-    claimed = fp.storage.fetch_chunk_many(
-        Quick.queue,
-        Quick.__flowpro_name__,
-        size=5,
-        ready_before=now,
-        node="third",
-        now=now,
-        count=2,
-    )  # once they are due, the two run
+    claimed = claim_chunks(fp, Quick, 2, ready_before=utcnow(), node="third")  # due: they run
     assert [len(chunk.ids) for chunk in claimed] == [2]
     assert Counter(str(j.state) for j in fp.list_jobs(worker=Quick)) == Counter(executing=7)
 
@@ -489,14 +472,23 @@ def test_drain_of_another_queue_leaves_chunks_alone(fp):
     assert states(fp, Plain) == Counter(available=3)
 
 
-def claim_chunks(fp: flowpro.FlowPro, worker: type[ChunkWorker], count: int, acks=()) -> list:
+def claim_chunks(
+    fp: flowpro.FlowPro,
+    worker: type[ChunkWorker],
+    count: int,
+    acks=(),
+    *,
+    ready_before: datetime | None = None,
+    node: str = "t",
+) -> list:
+    """Claim up to ``count`` chunks of ``worker`` (all ready, unless ``ready_before``)."""
     storage: Storage = fp.storage
     return storage.fetch_chunk_many(
         worker.queue,
         worker.__flowpro_name__,
         size=worker.chunk_size,
-        ready_before=None,
-        node="t",
+        ready_before=ready_before,
+        node=node,
         now=utcnow(),
         count=count,
         acks=acks,
