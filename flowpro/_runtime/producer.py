@@ -1,4 +1,5 @@
-"""One producer per queue: claims jobs up to its limit, runs them, acks in bulk."""
+"""A producer runs a queue (or its share of a queue's slots, see Node): claims jobs up to its
+limit, runs them, acks in bulk."""
 
 from __future__ import annotations
 
