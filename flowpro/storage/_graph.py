@@ -58,7 +58,7 @@ RELEASE = (
 )
 
 
-def _marks(name: str, values: Sequence[object]) -> tuple[str, dict[str, object]]:
+def in_marks(name: str, values: Sequence[object]) -> tuple[str, dict[str, object]]:
     """Return ``:name_0, :name_1, ...`` for an IN list, and the parameters they name."""
     keys = [f"{name}_{i}" for i in range(len(values))]
     return ", ".join(f":{key}" for key in keys), dict(zip(keys, values, strict=True))
@@ -283,7 +283,7 @@ def progress(
         return
     forced = {job_id for job_id, _ in pending} if upstream else set()
     while pending:
-        marks, params = _marks("id", [job_id for job_id, _ in pending])
+        marks, params = in_marks("id", [job_id for job_id, _ in pending])
         policy = {
             row[0]: (row[1], bool(row[2]), bool(row[3]))
             for row in st._rows(c, _POLICY.format(ids=marks), params)

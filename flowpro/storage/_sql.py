@@ -1037,11 +1037,9 @@ class SqlStorage:
     ) -> Sequence[Sequence[Any]]:
         """Run the release of the steps waiting on the jobs ``ok`` (see ``_graph``); return
         the (state, queue) of every step it changed."""
-        keys = [f"ok_{i}" for i in range(len(ok))]
-        params: dict[str, Any] = dict(zip(keys, ok, strict=True))
+        marks, params = graph.in_marks("ok", ok)
         params["now"] = self._ts(now)
-        sql = graph.RELEASE.format(ok=", ".join(f":{key}" for key in keys))
-        return self._rows(c, sql, params)
+        return self._rows(c, graph.RELEASE.format(ok=marks), params)
 
     def _notify_in_tx(self, c: Connection, queues: Sequence[str]) -> None:
         """Tell other nodes about available jobs when the transaction commits."""
