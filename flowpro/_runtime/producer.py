@@ -343,6 +343,16 @@ class Producer:
         return self.limit if fast and not self._chunk_wanted else 0
 
     def _loop(self) -> None:
+        try:
+            self._rounds()
+        finally:
+            try:
+                # This thread's own connection goes to the next run's producers.
+                self.storage.release_thread()
+            except Exception as exc:
+                log.warning("queue %s: releasing the connection failed (%s)", self.queue, exc)
+
+    def _rounds(self) -> None:
         failures = 0
         last_poll = time.monotonic()
         linger_until: float | None = None

@@ -180,6 +180,10 @@ class SqlStorage:
                 raise StorageError(f"{what} failed: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def release_thread(self) -> None:
+        """Release the calling thread's own connection, if the adapter keeps one (the pool's
+        connections are returned after every call)."""
+
     def _write_gate(self) -> AbstractContextManager[Any]:
         """Return what a write transaction holds while it runs (SQLite: this process's lock
         of the database file; PostgreSQL: nothing)."""

@@ -59,6 +59,10 @@ class Storage(Protocol):
     def close(self) -> None:
         """Release connections and stop the listener."""
 
+    def release_thread(self) -> None:
+        """Release what the calling thread holds for itself (a connection of its own) for
+        another thread to reuse; a producer's thread calls it as it ends."""
+
     # Jobs
 
     def insert_jobs(self, jobs: Sequence[NewJob], *, conn: Any = None) -> list[Job]:

@@ -225,7 +225,8 @@ class PostgresStorage(SqlStorage):
         self._conninfo = sa_url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._listener: _Listener | None = None
         self._local = threading.local()
-        self._hot: list[Any] = []
+        self._hot: list[Any] = []  # every thread-owned connection, closed by close()
+        self._idle_hot: list[Any] = []  # those whose thread has ended, for the next one
         self._hot_lock = threading.Lock()
         self._listener_lock = threading.Lock()
 
@@ -564,16 +565,41 @@ class PostgresStorage(SqlStorage):
     def _hot_connection(self) -> Any:
         raw = getattr(self._local, "conn", None)
         if raw is None or raw.closed:
-            import psycopg
-            from psycopg.types.json import set_json_loads
-
-            raw = psycopg.connect(self._conninfo)
-            _apply_session_settings(raw)
-            set_json_loads(loads, raw)
-            self._local.conn = raw
             with self._hot_lock:
-                self._hot.append(raw)
+                while self._idle_hot and raw is None:
+                    raw = self._idle_hot.pop()
+                    if raw.closed:
+                        self._hot.remove(raw)
+                        raw = None
+            if raw is None:
+                import psycopg
+                from psycopg.types.json import set_json_loads
+
+                raw = psycopg.connect(self._conninfo)
+                _apply_session_settings(raw)
+                set_json_loads(loads, raw)
+                with self._hot_lock:
+                    self._hot.append(raw)
+            self._local.conn = raw
         return raw
+
+    def release_thread(self) -> None:
+        """Hand the calling thread's own connection (see ``_hot_connection``) to the next
+        thread that needs one: a producer calls this as it ends, so that every ``run()``
+        reuses the connections of the one before rather than leaving them open until
+        ``close()``."""
+        raw = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if raw is None or raw.closed:
+            return
+        import psycopg
+
+        if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self._drop_hot_connection(raw)  # never hand over an open transaction
+            return
+        with self._hot_lock:
+            if raw in self._hot:
+                self._idle_hot.append(raw)
 
     def _drop_hot_connection(self, raw: Any) -> None:
         self._local.conn = None
@@ -665,7 +691,7 @@ class PostgresStorage(SqlStorage):
         if listener is not None:
             listener.stop()
         with self._hot_lock:
-            hot, self._hot = self._hot, []
+            hot, self._hot, self._idle_hot = self._hot, [], []
         for raw in hot:
             with contextlib.suppress(Exception):
                 raw.close()

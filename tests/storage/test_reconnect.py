@@ -8,7 +8,7 @@ import pytest
 
 import flowpro
 from flowpro.job import JobState, utcnow
-from tests.conftest import pg_base_url
+from tests.conftest import eventually, pg_base_url
 from tests.storage.helpers import new_job
 
 pytestmark = pytest.mark.postgres
@@ -64,3 +64,31 @@ def test_a_call_after_the_server_dropped_the_pooled_connections_still_succeeds(
         assert app.storage.ack_jobs([ack]) == [job.id]
     else:
         assert [j.id for j in app.list_jobs()] == [job.id]
+
+
+def server_connections(application_name: str) -> int:
+    import psycopg
+
+    with psycopg.connect(pg_base_url(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            (application_name,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_repeated_runs_reuse_the_producers_connections_instead_of_leaving_them_open(tagged_app):
+    # Every run() starts new producer threads, each with a connection of its own. They hand
+    # them over as they end and the next run's producers take them: before, every run left
+    # its producers' connections open until close() (eight runs, eight more connections).
+    app, name = tagged_app
+    opened: list[int] = []
+    for _ in range(8):
+        app.insert(new_job())
+        app.run(queues={"q": 2}, until_idle=True)
+        opened.append(server_connections(name))
+
+    assert len(app.list_jobs(state="completed", limit=20)) == 8
+    assert max(opened) <= opened[0] + 1, opened  # (+1: a pooled connection opened later)
+    app.close()
+    assert eventually(lambda: server_connections(name) == 0)
