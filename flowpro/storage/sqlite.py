@@ -94,7 +94,6 @@ ENSURE_SEQUENCE = (
 RESERVE_IDS = "UPDATE sqlite_sequence SET seq = seq + ? WHERE name = 'flowpro_jobs' RETURNING seq"
 
 
-@functools.lru_cache(maxsize=4096)
 @functools.lru_cache(maxsize=128)
 def _release_sql(count: int) -> str:
     """Return the release statement (``_graph.RELEASE``) for ``count`` deps, with positional
@@ -102,6 +101,7 @@ def _release_sql(count: int) -> str:
     return graph.RELEASE.replace(":now", "?").format(ok=", ".join(["?"] * count))
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse_ts(value: str) -> datetime:
     """Return a stored time as an aware UTC datetime. Cached: the jobs of one insert share
     their times, and a claim of a hundred of them parses each time once."""
