@@ -22,7 +22,7 @@ from flowpro.graph.workflow import Workflow
 from flowpro.job import InsertPlan, Job, JobState, NewJob, utcnow
 from flowpro.storage import open_storage, resolve_url
 from flowpro.storage.base import Storage
-from flowpro.worker import Worker, registered_workers
+from flowpro.worker import Worker, chunk_workers, registered_workers
 
 log = logging.getLogger("flowpro")
 
@@ -316,11 +316,7 @@ class FlowPro:
         storage = self.storage
         name = node_name("drain")
         counts: Counter[str] = Counter()
-        chunked = [
-            cls
-            for cls in registered_workers()
-            if cls.is_chunk and (queue is None or cls.queue == queue)
-        ]
+        chunked = chunk_workers(queue)
         exclude = [cls.__flowpro_name__ for cls in chunked]
         storage.heartbeat(name, queues=[queue or "*"], now=utcnow())
         try:

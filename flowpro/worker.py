@@ -49,6 +49,16 @@ def registered_workers() -> list[type[Worker]]:
     return sorted(set(_REGISTRY.values()), key=lambda cls: cls.__flowpro_name__)
 
 
+def chunk_workers(queue: str | None = None) -> list[type[Worker]]:
+    """Return the registered chunk workers of ``queue`` (of every queue when None), by name.
+
+    Example:
+        >>> [cls.__flowpro_name__ for cls in chunk_workers("ingest")]  # doctest: +SKIP
+        ['app.Ingest']
+    """
+    return [cls for cls in registered_workers() if cls.is_chunk and queue in (None, cls.queue)]
+
+
 class Worker:
     """Base class of every worker; options are class keywords.
 

@@ -21,7 +21,7 @@ from flowpro._runtime.pruner import Pruner
 from flowpro._runtime.stager import Stager
 from flowpro.job import utcnow
 from flowpro.storage.base import Storage
-from flowpro.worker import registered_workers
+from flowpro.worker import chunk_workers
 
 log = logging.getLogger("flowpro.node")
 
@@ -84,8 +84,7 @@ def claim_lanes(storage: Storage, queue: str, limit: int) -> list[int]:
         >>> claim_lanes(fp.storage, "emails", 10)  # doctest: +SKIP
         [10]
     """
-    chunked = any(c.is_chunk and c.queue == queue for c in registered_workers())
-    if not (chunked and storage.parallel_claims and limit >= 2):
+    if not (chunk_workers(queue) and storage.parallel_claims and limit >= 2):
         return [limit]
     return [limit - limit // 2, limit // 2]
 

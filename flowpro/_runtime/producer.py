@@ -16,7 +16,7 @@ from flowpro._runtime.executor import Executor, JobTimeout, fail
 from flowpro.errors import WorkerNotFound
 from flowpro.job import Ack, Job
 from flowpro.storage.base import ClaimedChunk, Storage
-from flowpro.worker import registered_workers, resolve_worker
+from flowpro.worker import chunk_workers, resolve_worker
 
 log = logging.getLogger("flowpro.producer")
 
@@ -110,7 +110,7 @@ class Producer:
         name = f"flowpro-{queue}" if lane == 1 else f"flowpro-{queue}-{lane}"
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         # Chunk workers of this queue are claimed a chunk at a time, not by the plain claim.
-        self.chunk_workers = [c for c in registered_workers() if c.is_chunk and c.queue == queue]
+        self.chunk_workers = chunk_workers(queue)
         self._exclude = [c.__flowpro_name__ for c in self.chunk_workers]
         self._chunk_wanted = bool(self.chunk_workers)
         if self.chunk_workers:

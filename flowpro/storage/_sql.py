@@ -954,14 +954,18 @@ class SqlStorage:
             f"SELECT chunk_key FROM flowpro_jobs WHERE {scope} AND chunk_key IS NOT NULL "
             f"GROUP BY chunk_key HAVING {ready} ORDER BY min(priority), min(scheduled_at) "
             "LIMIT 1) AS g WHERE NOT EXISTS (SELECT 1 FROM fast)), "
-            f"{'locked AS (SELECT id, scheduled_at' if skip else 'picked AS (SELECT id'} "
-            "FROM flowpro_jobs "
-            f"WHERE {scope} AND chunk_key = (SELECT chunk_key FROM part LIMIT 1) "
-            f"ORDER BY priority, scheduled_at, id LIMIT :size{skip})"
+        )
+        partition = (
+            f"FROM flowpro_jobs WHERE {scope} AND chunk_key = (SELECT chunk_key FROM part "
+            f"LIMIT 1) ORDER BY priority, scheduled_at, id LIMIT :size{skip})"
         )
         if skip:
-            sql += f", picked AS (SELECT id FROM locked WHERE {taken_ready})"
-        sql += " "
+            sql += (
+                f"locked AS (SELECT id, scheduled_at {partition}, "
+                f"picked AS (SELECT id FROM locked WHERE {taken_ready}) "
+            )
+        else:
+            sql += f"picked AS (SELECT id {partition} "
         params = {
             "worker": worker,
             "queue": queue,

@@ -565,12 +565,7 @@ class PostgresStorage(SqlStorage):
     def _hot_connection(self) -> Any:
         raw = getattr(self._local, "conn", None)
         if raw is None or raw.closed:
-            with self._hot_lock:
-                while self._idle_hot and raw is None:
-                    raw = self._idle_hot.pop()
-                    if raw.closed:
-                        self._hot.remove(raw)
-                        raw = None
+            raw = self._take_idle_hot()
             if raw is None:
                 import psycopg
                 from psycopg.types.json import set_json_loads
@@ -582,6 +577,16 @@ class PostgresStorage(SqlStorage):
                     self._hot.append(raw)
             self._local.conn = raw
         return raw
+
+    def _take_idle_hot(self) -> Any:
+        """Return an open connection a finished thread handed on, or None."""
+        with self._hot_lock:
+            while self._idle_hot:
+                raw = self._idle_hot.pop()
+                if not raw.closed:
+                    return raw
+                self._hot.remove(raw)
+        return None
 
     def release_thread(self) -> None:
         """Hand the calling thread's own connection (see ``_hot_connection``) to the next
