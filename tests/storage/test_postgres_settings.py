@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 import sqlalchemy as sa
 
@@ -27,6 +29,36 @@ def test_pooled_and_producer_connections_plan_with_a_random_page_cost_of_1_1(pg_
 
     assert (pooled, own) == ("1.1", "1.1")
     assert default != "1.1"  # the server's own setting: only flowpro's sessions change
+
+
+def test_flowpro_sessions_run_in_utc_and_claims_return_plain_utc_datetimes(pg_schema_url):
+    # In a server zone (this server's is 'Etc/UTC', a ZoneInfo to psycopg) every claimed
+    # timestamp was loaded in that zone and converted again.
+    app = flowpro.FlowPro(pg_schema_url)
+    app.migrate()
+    try:
+        with app.storage.engine.connect() as conn:
+            pooled = conn.execute(sa.text("SHOW TimeZone")).scalar_one()
+        raw = app.storage._hot_connection()
+        own = raw.execute("SHOW TimeZone").fetchone()[0]
+        raw.rollback()
+        job = app.insert(_Tz.new({}))
+        _, claimed = app.storage.ack_and_fetch(
+            [], "tz", demand=1, node="n1", now=flowpro.job.utcnow()
+        )
+    finally:
+        app.close()
+
+    assert (pooled, own) == ("UTC", "UTC")
+    assert [c.id for c in claimed] == [job.id]
+    # The very object psycopg makes for UTC, not a zone that merely has offset 0.
+    assert claimed[0].scheduled_at.tzinfo is datetime.UTC
+    assert claimed[0].inserted_at.tzinfo is datetime.UTC
+
+
+class _Tz(flowpro.Worker, queue="tz", name="settings.Tz"):
+    def process(self, job: flowpro.Job) -> None:
+        return None
 
 
 def _plan_nodes(node: dict) -> list[dict]:
