@@ -293,6 +293,9 @@ class FlowPro:
             >>> threading.Timer(5, fp.stop).start(); fp.run()   # doctest: +SKIP
         """
         self._stop.set()
+        node = self._node
+        if node is not None:
+            node.poke()  # run(until_idle=True) waits on the node's wake-up, not on the stop
 
     @property
     def node(self) -> Node | None:

@@ -108,6 +108,7 @@ class Node:
         self.name = name or node_name()
         self.clock = clock
         poll = config.poll_interval or (0.05 if storage.dialect == "sqlite" else 1.0)
+        self._settled = threading.Event()  # see wait() and poke()
         self.producers = [
             Producer(
                 storage,
@@ -117,6 +118,7 @@ class Node:
                 poll_interval=poll,
                 clock=clock,
                 lane=lane,
+                on_settled=self.poke,
             )
             for q, n in self.queues.items()
             for lane, part in enumerate(claim_lanes(storage, q, n), start=1)
@@ -151,10 +153,26 @@ class Node:
             producer.wake(queue)
 
     def wait(self, stop: threading.Event, *, until_idle: bool = False) -> None:
-        """Block until ``stop`` is set, or (``until_idle``) nothing is left to run."""
-        while not stop.wait(self.config.idle_check_interval if until_idle else 0.5):
-            if until_idle and self.idle():
+        """Block until ``stop`` is set, or (``until_idle``) nothing is left to run.
+
+        ``until_idle`` checks at once, then whenever a producer settles (a database call
+        ended with nothing running or unwritten; see ``poke``), and at least every
+        ``idle_check_interval`` seconds (jobs another node inserts or schedules wake no
+        producer of this node).
+        """
+        if not until_idle:
+            while not stop.wait(0.5):
+                pass
+            return
+        while not stop.is_set():
+            self._settled.clear()  # before the check: a settle during it is not lost
+            if self.idle():
                 return
+            self._settled.wait(self.config.idle_check_interval)
+
+    def poke(self) -> None:
+        """Wake ``wait(until_idle=True)`` to check now (a producer settled, or a stop came)."""
+        self._settled.set()
 
     def busy(self) -> bool:
         """Return whether attempts are running or outcomes are waiting to be written."""

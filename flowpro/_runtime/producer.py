@@ -81,8 +81,12 @@ class Producer:
         clock: Callable[[], datetime],
         linger: float = 0.001,
         lane: int = 1,
+        on_settled: Callable[[], None] | None = None,
     ) -> None:
         self.storage = storage
+        # Called when a database call ends with nothing running, waiting or unwritten: the
+        # node's `run(until_idle=True)` checks at once whether the whole node is idle.
+        self.on_settled = on_settled
         self.queue = queue
         self.limit = limit
         self.node = node
@@ -228,6 +232,9 @@ class Producer:
                 self._acks[:0] = unwritten
             self._writing = set()
             self._calling_since = None
+            settled = not (self._running or self._acks or self._ready)
+        if settled and self.on_settled is not None:
+            self.on_settled()
 
     def _claim_chunks(self, demand: int) -> int:
         """Claim ready chunks into free slots, writing the acks waiting so far in the same

@@ -12,7 +12,7 @@ import pytest
 
 import flowpro
 from flowpro.job import JobState, utcnow
-from tests.conftest import eventually
+from tests.conftest import FAST, eventually
 from tests.runtime.nodes import RunThread, Tally, another_app, running
 
 TALLY = Tally()
@@ -160,6 +160,41 @@ def test_run_until_idle_returns_at_once_when_nothing_is_due(fp):
 
     assert time.monotonic() - started < 5
     assert fp.get_job(later.id).state is JobState.SCHEDULED
+
+
+def test_run_until_idle_returns_when_the_last_ack_is_written_not_at_the_next_check(db_url):
+    # The node checks for idleness as soon as a producer has nothing left to write, not only
+    # every idle_check_interval: before, every such run lasted at least one interval.
+    app = flowpro.FlowPro(db_url, **{**FAST, "idle_check_interval": 60.0})
+    app.migrate()
+    try:
+        jobs = app.insert_all([Count.new({"i": i}) for i in range(20)])
+        started = time.monotonic()
+
+        app.run(queues={"work": 3}, until_idle=True)
+
+        assert time.monotonic() - started < 20  # the interval is 60 s
+        assert TALLY.counts == {j.id: 1 for j in jobs}
+    finally:
+        app.close()
+
+
+def test_stop_ends_a_run_until_idle_at_once_whatever_its_check_interval(db_url):
+    app = flowpro.FlowPro(db_url, **{**FAST, "idle_check_interval": 60.0})
+    app.migrate()
+    try:
+        job = app.insert(Blocked.new({}))
+        thread = RunThread(app, queues={"work": 1}, until_idle=True)
+        thread.start()
+        assert STARTED.wait(10)
+
+        app.stop()
+        GATE.set()  # the graceful stop lets the running attempt finish
+
+        thread.finish(timeout=20)
+        assert app.get_job(job.id).state is JobState.COMPLETED
+    finally:
+        app.close()
 
 
 def test_a_job_scheduled_shortly_runs_when_it_is_due(fp):
