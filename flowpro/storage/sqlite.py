@@ -324,6 +324,13 @@ class SQLiteStorage(SqlStorage):
         return rows
 
     def _rows(self, c: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
+        return self._driver_rows(c, sql, params)
+
+    def _driver_rows(
+        self, c: Connection, sql: str, params: Sequence[Any] | dict[str, Any]
+    ) -> list[Any]:
+        """Run a statement on the driver's cursor (named or positional parameters); return
+        its rows."""
         with self._cursor(c) as cur:
             rows: list[Any] = cur.execute(sql, params).fetchall()
         return rows
@@ -333,9 +340,7 @@ class SQLiteStorage(SqlStorage):
     ) -> Sequence[Sequence[Any]]:
         # Every ack round of workflow steps runs this: positional parameters and a statement
         # text cached per count cost about half the Python time of named ones.
-        with self._cursor(c) as cur:
-            rows: list[Any] = cur.execute(_release_sql(len(ok)), [ts(now), *ok]).fetchall()
-        return rows
+        return self._driver_rows(c, _release_sql(len(ok)), [ts(now), *ok])
 
     def _ack(self, c: Connection, acks: Sequence[Ack]) -> list[tuple[int, str | None, str | None]]:
         applied = []
@@ -400,9 +405,7 @@ class SQLiteStorage(SqlStorage):
         self, c: Connection, sql: str, params: list[Any]
     ) -> list[tuple[int, str | None, str | None]]:
         """Run an ack statement on the driver's cursor; return its (id, workflow, batch) rows."""
-        with self._cursor(c) as cur:
-            rows = cur.execute(sql, params).fetchall()
-        return [(row[0], row[1], row[2]) for row in rows]
+        return [(row[0], row[1], row[2]) for row in self._driver_rows(c, sql, params)]
 
 
 class _Watcher(threading.Thread):
