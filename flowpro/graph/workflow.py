@@ -249,14 +249,19 @@ class Workflow:
                 existing = outer_external
             if step.job is not None:
                 index = len(jobs)
-                meta = {**step.job.meta, "workflow_id": self.workflow_id, "name": name}
+                # The row keeps the workflow id and step name in columns; reads put them back
+                # into meta (``with_step``), so the stored meta leaves them out.
+                stored = {
+                    k: v for k, v in step.job.meta.items() if k not in ("workflow_id", "name")
+                }
                 if parent_id is not None:
-                    meta["sup_workflow_id"] = parent_id
+                    stored["sup_workflow_id"] = parent_id
+                meta = {**stored, "workflow_id": self.workflow_id, "name": name}
                 jobs.append(
                     dataclasses.replace(
                         step.job,
                         meta=meta,
-                        meta_json=encode_json(meta, what="meta"),
+                        meta_json=encode_json(stored, what="meta"),
                         workflow_id=self.workflow_id,
                         step=name,
                     )

@@ -48,6 +48,25 @@ INSERT_COLUMNS = (
     "inserted_at, scheduled_at"
 )
 TERMINAL = "('completed', 'cancelled', 'discarded')"
+
+
+def with_step(meta: dict[str, Any], workflow_id: str | None, step: str | None) -> dict[str, Any]:
+    """Return a stored ``meta`` with the ``workflow_id`` and step ``name`` of a workflow step.
+
+    The row keeps both in columns of their own, so its stored meta leaves them out: every
+    claim, ack and release of a step then writes, reads and decodes less (rows written before
+    this carry them in both places, with the same values).
+
+    Example:
+        >>> with_step({}, "wf1", "load")
+        {'workflow_id': 'wf1', 'name': 'load'}
+    """
+    if workflow_id is not None and step is not None:
+        meta["workflow_id"] = workflow_id
+        meta["name"] = step
+    return meta
+
+
 # The states the state index holds: all but the two every claim and ack moves a job between.
 NOT_MOVING = "state NOT IN ('available', 'executing')"
 # Jobs of :queues runnable at :now or executing, one part per index (claim, executing, stage)
@@ -219,7 +238,7 @@ class SqlStorage:
             queue=row[2],
             worker=row[3],
             args=js(row[4]),
-            meta=js(row[5]),
+            meta=with_step(js(row[5]), row[19], row[20]),
             tags=js(row[6]),
             errors=js(row[7]),
             attempt=row[8],
@@ -886,7 +905,7 @@ class SqlStorage:
                 row[1],
                 row[2],
                 js(row[3]),
-                js(row[4]),
+                with_step(js(row[4]), row[16], row[17]),
                 js(row[5]),
                 js(row[6]),
                 row[7],

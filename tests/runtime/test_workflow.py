@@ -202,6 +202,26 @@ def test_each_step_carries_its_workflow_id_and_name_in_meta(fp):
         assert stored is not None
         assert stored.meta["workflow_id"] == wf.workflow_id == stored.workflow_id
         assert stored.meta["name"] == job.step == stored.step
+    claimed = fp.storage.fetch_jobs("q-extract", demand=1, node="t", now=utcnow())
+    assert claimed[0].meta == {"workflow_id": wf.workflow_id, "name": "extract"}
+
+
+def test_a_step_keeps_its_own_meta_and_its_row_keeps_the_workflow_keys_in_columns(fp):
+    wf = Workflow(name="w").add("a", step(), deps=[]).add("b", Step.new({}, meta={"owner": "ops"}))
+    saved = {job.step: job for job in fp.insert(wf)}
+    engine: sa.Engine = fp.storage.engine  # type: ignore[attr-defined]
+    with engine.connect() as c:
+        raw = c.execute(
+            sa.text("SELECT meta FROM flowpro_jobs WHERE id = :id"), {"id": saved["b"].id}
+        ).scalar_one()
+
+    assert (json.loads(raw) if isinstance(raw, str) else raw) == {"owner": "ops"}
+    assert fp.get_job(saved["b"].id).meta == {
+        "owner": "ops",
+        "workflow_id": wf.workflow_id,
+        "name": "b",
+    }
+    assert saved["b"].meta == fp.get_job(saved["b"].id).meta
 
 
 # Data along edges
