@@ -44,17 +44,43 @@ class WorkflowStatus:
         cls, workflow_id: str, workflows: Sequence[dict[str, Any]], jobs: Sequence[Job]
     ) -> WorkflowStatus:
         """Summarise the rows of a workflow run."""
-        counts = Counter(str(job.state) for job in jobs)
-        name = next((w["name"] for w in workflows if w["id"] == workflow_id), None)
-        started = min((w["inserted_at"] for w in workflows), default=None)
         finished_times = [
             t
             for job in jobs
             for t in (job.completed_at, job.cancelled_at, job.discarded_at)
             if t is not None
         ]
-        done = all(job.state in TERMINAL_STATES for job in jobs)
-        if not jobs:
+        return cls.from_counts(
+            workflow_id,
+            workflows,
+            dict(Counter(str(job.state) for job in jobs)),
+            max(finished_times, default=None),
+        )
+
+    @classmethod
+    def from_counts(
+        cls,
+        workflow_id: str,
+        workflows: Sequence[dict[str, Any]],
+        counts: dict[str, int],
+        last_finished: datetime | None,
+    ) -> WorkflowStatus:
+        """Summarise a workflow run from its steps' count per state and the time a step last
+        finished (``workflows``: the run's and its sub-workflows' rows, with ``id``, ``name``
+        and ``inserted_at``).
+
+        Example:
+            >>> from datetime import UTC, datetime
+            >>> at = datetime(2026, 1, 1, tzinfo=UTC)
+            >>> rows = [{"id": "w1", "name": "etl", "inserted_at": at}]
+            >>> WorkflowStatus.from_counts("w1", rows, {"completed": 3}, at).state
+            'completed'
+        """
+        name = next((w["name"] for w in workflows if w["id"] == workflow_id), None)
+        started = min((w["inserted_at"] for w in workflows), default=None)
+        total = sum(counts.values())
+        done = all(JobState(state) in TERMINAL_STATES for state in counts)
+        if not total:
             state = "completed"
         elif not done:
             state = "running"
@@ -69,7 +95,7 @@ class WorkflowStatus:
             name=name,
             state=state,
             counts=dict(counts),
-            total=len(jobs),
+            total=total,
             started_at=started,
-            finished_at=max(finished_times) if done and finished_times else None,
+            finished_at=last_finished if done and total else None,
         )

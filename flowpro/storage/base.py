@@ -91,8 +91,12 @@ class Storage(Protocol):
     ) -> tuple[list[dict[str, Any]], list[Job], list[tuple[int, int]]]:
         """Return a workflow and its sub-workflows: rows, jobs, and edges (job id, dep id)."""
 
-    def workflow_counts(self, workflow_ids: Sequence[str]) -> dict[str, int]:
-        """Return the number of steps per state over these workflows."""
+    def workflow_summary(
+        self, workflow_id: str
+    ) -> tuple[list[dict[str, Any]], dict[str, int], datetime | None]:
+        """Return a workflow's and its sub-workflows' rows (``id``, ``name``,
+        ``inserted_at``), their steps' count per state, and when a step last finished; one
+        aggregate over their steps, however many there are."""
 
     def batch_jobs(self, batch_id: str) -> list[Job]:
         """Return the members of a batch."""

@@ -794,6 +794,41 @@ def test_workflow_status_of_a_failed_run_names_what_ended_it(fp, mode, state, co
     assert status.finished_at is not None
 
 
+def test_workflow_status_counts_a_sub_workflows_steps_and_matches_a_summary_of_its_rows(fp):
+    """The status is one aggregate in the database; it must say what summing up the run's
+    rows says, sub-workflows included, at every stage of the run."""
+    from flowpro.graph.status import WorkflowStatus
+
+    sub = Workflow(name="sub").add("inner", step(value=1)).add("bad", step(mode="discard"))
+    wf = (
+        Workflow(name="outer", ignore_discarded=True)
+        .add("first", step(value=0))
+        .add_workflow("sub", sub, deps=["first"])
+        .add("last", step(), deps=["sub"])
+    )
+    fp.insert(wf)
+
+    seen = []
+    for _ in range(4):
+        workflows, jobs, _edges = fp.storage.workflow_rows(wf.workflow_id)
+        status = fp.workflow_status(wf.workflow_id)
+        seen.append(status.state)
+        assert status == WorkflowStatus.of(wf.workflow_id, workflows, jobs)
+        fp.storage.ack_jobs(
+            [
+                Ack(job.id, job.attempt, JobState.COMPLETED, utcnow(), graph=True)
+                for job in fp.storage.fetch_jobs("wf", demand=1, node="t", now=utcnow())
+            ]
+        )
+    fp.drain()
+    workflows, jobs, _edges = fp.storage.workflow_rows(wf.workflow_id)
+    final = fp.workflow_status(wf.workflow_id)
+
+    assert seen[0] == "running" and final.total == 4
+    assert final == WorkflowStatus.of(wf.workflow_id, workflows, jobs)
+    assert final.finished_at is not None
+
+
 def test_status_and_graph_of_an_unknown_workflow_raise_graph_error(fp):
     with pytest.raises(GraphError, match="no workflow 'nope'"):
         fp.workflow_status("nope")
