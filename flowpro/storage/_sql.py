@@ -48,25 +48,6 @@ INSERT_COLUMNS = (
     "inserted_at, scheduled_at"
 )
 TERMINAL = "('completed', 'cancelled', 'discarded')"
-
-
-def with_step(meta: dict[str, Any], workflow_id: str | None, step: str | None) -> dict[str, Any]:
-    """Return a stored ``meta`` with the ``workflow_id`` and step ``name`` of a workflow step.
-
-    The row keeps both in columns of their own, so its stored meta leaves them out: every
-    claim, ack and release of a step then writes, reads and decodes less (rows written before
-    this carry them in both places, with the same values).
-
-    Example:
-        >>> with_step({}, "wf1", "load")
-        {'workflow_id': 'wf1', 'name': 'load'}
-    """
-    if workflow_id is not None and step is not None:
-        meta["workflow_id"] = workflow_id
-        meta["name"] = step
-    return meta
-
-
 # The states the state index holds: all but the two every claim and ack moves a job between.
 NOT_MOVING = "state NOT IN ('available', 'executing')"
 # Jobs of :queues runnable at :now or executing, one part per index (claim, executing, stage)
@@ -127,6 +108,23 @@ def split_completions(acks: Sequence[Ack]) -> tuple[dict[datetime, list[Ack]], l
         return {}, list(acks)
     grouped = {id(ack) for group in big.values() for ack in group}
     return big, [ack for ack in acks if id(ack) not in grouped]
+
+
+def with_step(meta: dict[str, Any], workflow_id: str | None, step: str | None) -> dict[str, Any]:
+    """Return a stored ``meta`` with the ``workflow_id`` and step ``name`` of a workflow step.
+
+    The row keeps both in columns of their own, so its stored meta leaves them out: every
+    claim, ack and release of a step then writes, reads and decodes less (rows written before
+    this carry them in both places, with the same values).
+
+    Example:
+        >>> with_step({}, "wf1", "load")
+        {'workflow_id': 'wf1', 'name': 'load'}
+    """
+    if workflow_id is not None and step is not None:
+        meta["workflow_id"] = workflow_id
+        meta["name"] = step
+    return meta
 
 
 class SqlStorage:
