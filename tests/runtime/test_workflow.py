@@ -224,6 +224,24 @@ def test_a_step_keeps_its_own_meta_and_its_row_keeps_the_workflow_keys_in_column
     assert saved["b"].meta == fp.get_job(saved["b"].id).meta
 
 
+def test_a_step_written_with_the_workflow_keys_in_its_stored_meta_reads_the_same(fp):
+    """Rows written before the keys moved out of stored meta carry them in both places."""
+    wf = Workflow(name="w").add("a", Step.new({}, meta={"owner": "ops"}))
+    (saved,) = fp.insert(wf)
+    engine: sa.Engine = fp.storage.engine  # type: ignore[attr-defined]
+    old = json.dumps({"owner": "ops", "workflow_id": wf.workflow_id, "name": "a"})
+    cast = "CAST(:meta AS jsonb)" if fp.storage.dialect == "postgresql" else ":meta"
+    with engine.begin() as c:
+        c.execute(
+            sa.text(f"UPDATE flowpro_jobs SET meta = {cast} WHERE id = :id"),
+            {"meta": old, "id": saved.id},
+        )
+
+    (claimed,) = fp.storage.fetch_jobs("wf", demand=1, node="t", now=utcnow())
+
+    assert fp.get_job(saved.id).meta == saved.meta == claimed.meta
+
+
 # Data along edges
 
 
