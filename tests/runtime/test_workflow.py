@@ -815,8 +815,6 @@ def test_workflow_status_of_a_failed_run_names_what_ended_it(fp, mode, state, co
 def test_workflow_status_counts_a_sub_workflows_steps_and_matches_a_summary_of_its_rows(fp):
     """The status is one aggregate in the database; it must say what summing up the run's
     rows says, sub-workflows included, at every stage of the run."""
-    from flowpro.graph.status import WorkflowStatus
-
     sub = Workflow(name="sub").add("inner", step(value=1)).add("bad", step(mode="discard"))
     wf = (
         Workflow(name="outer", ignore_discarded=True)
@@ -831,7 +829,7 @@ def test_workflow_status_counts_a_sub_workflows_steps_and_matches_a_summary_of_i
         workflows, jobs, _edges = fp.storage.workflow_rows(wf.workflow_id)
         status = fp.workflow_status(wf.workflow_id)
         seen.append(status.state)
-        assert status == WorkflowStatus.of(wf.workflow_id, workflows, jobs)
+        assert status == flowpro.WorkflowStatus.of(wf.workflow_id, workflows, jobs)
         fp.storage.ack_jobs(
             [
                 Ack(job.id, job.attempt, JobState.COMPLETED, utcnow(), graph=True)
@@ -843,7 +841,7 @@ def test_workflow_status_counts_a_sub_workflows_steps_and_matches_a_summary_of_i
     final = fp.workflow_status(wf.workflow_id)
 
     assert seen[0] == "running" and final.total == 4
-    assert final == WorkflowStatus.of(wf.workflow_id, workflows, jobs)
+    assert final == flowpro.WorkflowStatus.of(wf.workflow_id, workflows, jobs)
     assert final.finished_at is not None
 
 
