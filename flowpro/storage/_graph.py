@@ -348,29 +348,33 @@ def _with_state(job: Job, state: JobState) -> Job:
     return dataclasses.replace(job, state=state)
 
 
-def workflow_ids(c: Connection, workflow_id: str) -> list[str]:
-    """Return the workflow and all its sub-workflows' ids."""
+def workflow_tree(c: Connection, workflow_id: str) -> list[Any]:
+    """Return the rows (``id, name, parent_id, ignore_cancelled, ignore_discarded,
+    ignore_deleted, inserted_at``) of the workflow and all its sub-workflows, the workflow's
+    first; none when there is no such workflow. One read of its root's workflows."""
     rows = c.execute(
         text(
-            "SELECT id, parent_id FROM flowpro_workflows WHERE root_id = "
+            "SELECT id, name, parent_id, ignore_cancelled, ignore_discarded, ignore_deleted, "
+            "inserted_at FROM flowpro_workflows WHERE root_id = "
             "(SELECT root_id FROM flowpro_workflows WHERE id = :id)"
         ),
         {"id": workflow_id},
     ).fetchall()
-    children: dict[str | None, list[str]] = {}
-    for wid, parent in rows:
-        children.setdefault(parent, []).append(wid)
-    if not any(wid == workflow_id for wid, _ in rows):
+    by_id = {row[0]: row for row in rows}
+    if workflow_id not in by_id:
         return []
+    children: dict[str | None, list[str]] = {}
+    for row in rows:
+        children.setdefault(row[2], []).append(row[0])
     out, stack = [], [workflow_id]
     while stack:
         wid = stack.pop()
-        out.append(wid)
+        out.append(by_id[wid])
         stack.extend(children.get(wid, []))
     return out
 
 
-__all__ = ["after_ack", "insert_plan", "progress", "workflow_ids"]
+__all__ = ["after_ack", "insert_plan", "progress", "workflow_tree"]
 
 
 # The flags that judge a failed dep are its own workflow's (pw), as on the ack path; a deleted

@@ -413,25 +413,10 @@ class SqlStorage:
         (job id, dep id) between those jobs."""
 
         def run(c: Connection) -> tuple[list[dict[str, Any]], list[Job], list[tuple[int, int]]]:
-            ids = graph.workflow_ids(c, workflow_id)
-            if not ids:
+            workflows = self._workflow_tree(c, workflow_id)
+            if not workflows:
                 return [], [], []
-            wf_sql = text(
-                "SELECT id, name, parent_id, ignore_cancelled, ignore_discarded, "
-                "ignore_deleted, inserted_at FROM flowpro_workflows WHERE id IN :ids"
-            ).bindparams(bindparam("ids", expanding=True))
-            workflows = [
-                {
-                    "id": r[0],
-                    "name": r[1],
-                    "parent_id": r[2],
-                    "ignore_cancelled": bool(r[3]),
-                    "ignore_discarded": bool(r[4]),
-                    "ignore_deleted": bool(r[5]),
-                    "inserted_at": self._dt(r[6]),
-                }
-                for r in c.execute(wf_sql, {"ids": ids})
-            ]
+            ids = [w["id"] for w in workflows]
             job_sql = text(
                 f"SELECT {JOB_COLUMNS} FROM flowpro_jobs WHERE id IN (SELECT job_id FROM "
                 "flowpro_steps WHERE workflow_id IN :ids) ORDER BY id"
@@ -449,16 +434,28 @@ class SqlStorage:
 
         return self._read(run, what="workflow_rows")
 
+    def _workflow_tree(self, c: Connection, workflow_id: str) -> list[dict[str, Any]]:
+        """Return the rows of a workflow and its sub-workflows (``_graph.workflow_tree``)."""
+        return [
+            {
+                "id": r[0],
+                "name": r[1],
+                "parent_id": r[2],
+                "ignore_cancelled": bool(r[3]),
+                "ignore_discarded": bool(r[4]),
+                "ignore_deleted": bool(r[5]),
+                "inserted_at": self._dt(r[6]),
+            }
+            for r in graph.workflow_tree(c, workflow_id)
+        ]
+
     def workflow_summary(
         self, workflow_id: str
     ) -> tuple[list[dict[str, Any]], dict[str, int], datetime | None]:
-        """Return a workflow's and its sub-workflows' rows (``id``, ``name``,
-        ``inserted_at``), their steps' count per state, and when a step last finished: one
-        aggregate over their steps (found by the steps table's key, each job by its id), so
-        ``workflow_status`` costs the same for 5 steps or 10,000 (no rows, no edges)."""
-        wf_sql = text(
-            "SELECT id, name, inserted_at FROM flowpro_workflows WHERE id IN :ids"
-        ).bindparams(bindparam("ids", expanding=True))
+        """Return a workflow's and its sub-workflows' rows (as ``workflow_rows`` does), their
+        steps' count per state, and when a step last finished: one aggregate over their steps
+        (found by the steps table's key, each job by its id), so ``workflow_status`` costs the
+        same for 5 steps or 10,000 (no rows, no edges)."""
         count_sql = text(
             "SELECT j.state, count(*), max(j.completed_at), max(j.cancelled_at), "
             "max(j.discarded_at) FROM flowpro_steps s JOIN flowpro_jobs j ON j.id = s.job_id "
@@ -466,13 +463,10 @@ class SqlStorage:
         ).bindparams(bindparam("ids", expanding=True))
 
         def run(c: Connection) -> tuple[list[dict[str, Any]], dict[str, int], datetime | None]:
-            ids = graph.workflow_ids(c, workflow_id)
-            if not ids:
+            workflows = self._workflow_tree(c, workflow_id)
+            if not workflows:
                 return [], {}, None
-            workflows = [
-                {"id": r[0], "name": r[1], "inserted_at": self._dt(r[2])}
-                for r in c.execute(wf_sql, {"ids": ids})
-            ]
+            ids = [w["id"] for w in workflows]
             counts: dict[str, int] = {}
             finished: list[datetime] = []
             for state, n, *times in c.execute(count_sql, {"ids": ids}):

@@ -94,9 +94,9 @@ class Storage(Protocol):
     def workflow_summary(
         self, workflow_id: str
     ) -> tuple[list[dict[str, Any]], dict[str, int], datetime | None]:
-        """Return a workflow's and its sub-workflows' rows (``id``, ``name``,
-        ``inserted_at``), their steps' count per state, and when a step last finished; one
-        aggregate over their steps, however many there are."""
+        """Return a workflow's and its sub-workflows' rows (as ``workflow_rows``), their
+        steps' count per state, and when a step last finished; one aggregate over their
+        steps, however many there are."""
 
     def batch_jobs(self, batch_id: str) -> list[Job]:
         """Return the members of a batch."""
